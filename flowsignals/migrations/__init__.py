@@ -1,0 +1,136 @@
+"""flowsignals' Alembic migrations, runnable from code without an ``alembic.ini``.
+
+The revisions live in this package (``flowsignals:migrations``) on their own lineage, labelled
+``flowsignals``, with their own version table ``flowsignals_alembic_version``: they never touch
+a host application's ``alembic_version``.
+
+Every function takes a URL string, an :class:`~sqlalchemy.engine.Engine` or a
+:class:`~sqlalchemy.engine.Connection`:
+
+* URL or Engine: the migration runs in one transaction of its own, committed at the end.
+* Connection: the migration runs inside that connection's transaction (beginning one if none
+  is open) and we never commit: the caller commits or rolls back.
+
+Concurrent upgrades are serialised by a PostgreSQL advisory lock, so starting several
+processes that all upgrade at boot is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import URL, NullPool, create_engine
+from sqlalchemy.engine import Connection, Engine
+
+from flowsignals.tables import VERSION_TABLE
+from flowsignals.urls import to_sqlalchemy_url
+
+__all__ = ["HEAD", "SCRIPT_LOCATION", "alembic_config", "current", "downgrade", "upgrade"]
+
+#: Where Alembic finds env.py and the revisions, as a package resource.
+SCRIPT_LOCATION = "flowsignals:migrations"
+
+#: The newest revision this version of flowsignals ships.
+HEAD = "fs_0001"
+
+Database = str | URL | Engine | Connection
+
+
+def alembic_config(
+    *,
+    connection: Connection | None = None,
+    url: str | URL | None = None,
+    schema: str | None = None,
+    stdout: TextIO | None = None,
+) -> Config:
+    """Build an Alembic :class:`~alembic.config.Config` for flowsignals' migrations.
+
+    Use it to call other :mod:`alembic.command` functions (``history``, offline
+    ``upgrade(..., sql=True)``); :func:`upgrade` and friends build it for you.
+
+    Args:
+        connection: A connection to run on (see the module docstring for transactions).
+        url: A database URL, used when ``connection`` is ``None``.
+        schema: Schema holding the table and version table; ``None`` means the search path.
+        stdout: Where Alembic writes output (offline SQL, ``history``); default ``sys.stdout``.
+    """
+    config = Config(stdout=stdout) if stdout is not None else Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.attributes["connection"] = connection
+    config.attributes["url"] = url
+    config.attributes["schema"] = schema
+    return config
+
+
+def upgrade(database: Database, schema: str | None = None, revision: str = "head") -> None:
+    """Upgrade flowsignals' schema to ``revision`` (default: the newest).
+
+    Args:
+        database: URL, Engine or Connection (see the module docstring for transactions).
+        schema: Schema to install into; created if missing. ``None`` means the search path.
+        revision: Target revision id, ``"head"`` or ``"flowsignals@head"``.
+
+    Raises:
+        alembic.util.CommandError: ``revision`` is unknown.
+        sqlalchemy.exc.DBAPIError: The database refused a statement.
+    """
+    with _connection(database) as connection:
+        command.upgrade(alembic_config(connection=connection, schema=schema), revision)
+
+
+def downgrade(database: Database, schema: str | None = None, *, revision: str) -> None:
+    """Downgrade flowsignals' schema to ``revision``; ``"base"`` removes all its objects.
+
+    Only flowsignals' own objects are dropped; its (then empty) version table and the schema
+    are left in place.
+
+    Args:
+        database: URL, Engine or Connection (see the module docstring for transactions).
+        schema: Schema flowsignals was installed into.
+        revision: Target revision id, or ``"base"``.
+
+    Raises:
+        alembic.util.CommandError: ``revision`` is unknown.
+        sqlalchemy.exc.DBAPIError: The database refused a statement.
+    """
+    with _connection(database) as connection:
+        command.downgrade(alembic_config(connection=connection, schema=schema), revision)
+
+
+def current(database: Database, schema: str | None = None) -> str | None:
+    """Return the revision the database is at, or ``None`` if flowsignals is not installed.
+
+    Reads only; with a Connection it runs in the caller's transaction.
+    """
+    with _connection(database) as connection:
+        context = MigrationContext.configure(
+            connection,
+            opts={"version_table": VERSION_TABLE, "version_table_schema": schema},
+        )
+        return context.get_current_revision()
+
+
+@contextmanager
+def _connection(database: Database) -> Iterator[Connection]:
+    if isinstance(database, Connection):
+        if not database.in_transaction():
+            # Alembic commits a transaction it began itself; one begun here stays the caller's.
+            database.begin()
+        yield database
+        return
+    if isinstance(database, Engine):
+        with database.begin() as connection:
+            yield connection
+        return
+    url = to_sqlalchemy_url(database) if isinstance(database, str) else database
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            yield connection
+    finally:
+        engine.dispose()
