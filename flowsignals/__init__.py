@@ -1,0 +1,19 @@
+"""flowsignals: a durable "wait for a signal" store for workflow engines, on PostgreSQL."""
+
+from flowsignals.errors import FlowSignalsError, InvalidArgumentError, SchemaNotAtHeadError
+from flowsignals.memory import InMemorySignalStore
+from flowsignals.protocol import SignalStore
+from flowsignals.results import DeliveryResult, DeliveryStatus, SignalWaiter
+from flowsignals.store import PostgresSignalStore
+
+__all__ = [
+    "DeliveryResult",
+    "DeliveryStatus",
+    "FlowSignalsError",
+    "InMemorySignalStore",
+    "InvalidArgumentError",
+    "PostgresSignalStore",
+    "SchemaNotAtHeadError",
+    "SignalStore",
+    "SignalWaiter",
+]

@@ -1,0 +1,140 @@
+"""Argument checks shared by every store.
+
+Each check runs before any SQL, raises :class:`InvalidArgumentError` naming the argument and the
+rule, and returns the value in the form the store binds. Both stores call these same functions, so
+they accept and reject exactly the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import NoReturn
+
+from flowsignals.errors import InvalidArgumentError
+from flowsignals.tables import NAME_MAX_LENGTH
+
+#: Payload size limit when none is given: 1 MiB of UTF-8.
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+
+# A deadline is read back in the session's time zone, whose offset can be up to 16 hours either
+# way; keeping a day inside Python's datetime range means reading it back can never overflow.
+_EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
+_LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
+
+
+def check_run_id(run_id: object) -> uuid.UUID:
+    """Return ``run_id`` as a UUID; accepts a :class:`uuid.UUID` or a string that parses as one."""
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    if isinstance(run_id, str):
+        try:
+            return uuid.UUID(run_id)
+        except ValueError:
+            _fail("run_id", f"must be a UUID; {_show(run_id)} does not parse as one")
+    _fail("run_id", f"must be a uuid.UUID or a str holding one, not {type(run_id).__name__}")
+
+
+def check_name(argument: str, value: object) -> str:
+    """Check a step key or signal name: a non-empty, trimmed str of at most 256 characters."""
+    if not isinstance(value, str):
+        _fail(argument, f"must be a str, not {type(value).__name__}")
+    if not value:
+        _fail(argument, "must not be empty")
+    if len(value) > NAME_MAX_LENGTH:
+        _fail(argument, f"must be at most {NAME_MAX_LENGTH} characters, not {len(value)}")
+    if "\x00" in value:
+        _fail(argument, "must not contain NUL characters")
+    if value.strip() != value:
+        _fail(argument, "must not have leading or trailing whitespace")
+    _check_encodable(argument, value)
+    return value
+
+
+def check_expires_at(expires_at: object) -> datetime | None:
+    """Check a deadline: a timezone-aware datetime in the storable range, or None."""
+    if expires_at is None:
+        return None
+    if not isinstance(expires_at, datetime):
+        _fail(
+            "expires_at",
+            f"must be a timezone-aware datetime or None, not {type(expires_at).__name__}",
+        )
+    if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+        _fail("expires_at", "must be timezone-aware (a naive datetime is ambiguous)")
+    try:
+        utc = expires_at.astimezone(timezone.utc)
+    except OverflowError:
+        utc = None
+    if utc is None or not _EARLIEST <= utc <= _LATEST:
+        _fail("expires_at", "must lie between 0001-01-02 and 9999-12-30 UTC")
+    return utc
+
+
+def check_payload(payload_json: object, max_bytes: int) -> str:
+    """Check that ``payload_json`` is a str of strict RFC 8259 JSON within ``max_bytes``.
+
+    The text itself is returned unchanged: it is stored byte for byte, never re-serialised.
+    """
+    if not isinstance(payload_json, str):
+        _fail(
+            "payload_json",
+            f"must be a str of JSON text, not {type(payload_json).__name__} (serialise it first)",
+        )
+    # Length in characters bounds the UTF-8 size from below, so a huge payload is refused
+    # before it is encoded or parsed.
+    if len(payload_json) > max_bytes:
+        _fail("payload_json", f"must be at most {max_bytes} bytes of UTF-8")
+    size = len(_check_encodable("payload_json", payload_json))
+    if size > max_bytes:
+        _fail("payload_json", f"must be at most {max_bytes} bytes of UTF-8, not {size}")
+    try:
+        json.loads(payload_json, parse_constant=_reject_constant)
+    except RecursionError:
+        _fail("payload_json", "is nested too deeply to parse")
+    except ValueError as exc:
+        _fail("payload_json", f"must be valid JSON (RFC 8259): {exc}")
+    return payload_json
+
+
+def check_max_payload_bytes(value: object) -> int:
+    """Check the store's payload size limit: a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        _fail("max_payload_bytes", f"must be a positive int, not {value!r}")
+    return value
+
+
+def check_timeout(argument: str, value: object) -> float:
+    """Check a duration in seconds (int, float or timedelta) that is finite and not negative."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        _fail(
+            argument, f"must be seconds (int or float) or a timedelta, not {type(value).__name__}"
+        )
+    if not 0 <= seconds < float("inf"):
+        _fail(argument, f"must be finite and not negative, not {value!r}")
+    return seconds
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # Python's json module accepts NaN and Infinity; RFC 8259 does not.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check_encodable(argument: str, value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        _fail(argument, f"must be encodable as UTF-8 (a lone surrogate at index {exc.start})")
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def _fail(argument: str, rule: str) -> NoReturn:
+    raise InvalidArgumentError(argument, rule)
