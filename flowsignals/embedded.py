@@ -216,6 +216,7 @@ class EmbeddedPostgres:
         """Stop the server (fast shutdown) and delete its directory. Safe to call twice."""
         base_dir, self._base_dir = self._base_dir, None
         self._running = False
+        self._port = None
         atexit.unregister(self.stop)
         if base_dir is None:
             return

@@ -57,9 +57,10 @@ def alembic_config(
         connection: A connection to run on (see the module docstring for transactions).
         url: A database URL, used when ``connection`` is ``None``.
         schema: Schema holding the table and version table; ``None`` means the search path.
-        stdout: Where Alembic writes output (offline SQL, ``history``); default ``sys.stdout``.
+        stdout: Where Alembic writes offline SQL and messages (``history``...); default
+            ``sys.stdout``.
     """
-    config = Config(stdout=stdout) if stdout is not None else Config()
+    config = Config() if stdout is None else Config(stdout=stdout, output_buffer=stdout)
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
     config.attributes["url"] = url
