@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from typing_extensions import Unpack
-
 from sqlalchemy import (
     ClauseElement,
     ColumnElement,
@@ -35,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
+from typing_extensions import Unpack
 
 from flowsignals.tables import TABLE_NAME, build_metadata
 

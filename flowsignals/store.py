@@ -89,13 +89,16 @@ class PostgresSignalStore:
             # A caller's engine keeps psycopg's own prepare policy (it may sit behind pgbouncer).
             self._prepare: bool | None = None
         elif isinstance(database, (str, URL)):
-            self._engine = build_engine(
-                database,
-                application_name=application_name,
-                prepared_statements=prepared_statements,
-                pre_ping=pre_ping,
-                engine_options=engine_options or {},
-            )
+            try:
+                self._engine = build_engine(
+                    database,
+                    application_name=application_name,
+                    prepared_statements=prepared_statements,
+                    pre_ping=pre_ping,
+                    engine_options=engine_options or {},
+                )
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError("database", exc.rule) from exc
             self._owns_engine = True
             # Prepare on first use, as a hand-written client would, rather than on the fifth.
             self._prepare = True if prepared_statements else None

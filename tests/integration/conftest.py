@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from flowsignals import migrations
+from flowsignals import PostgresSignalStore, migrations
 from flowsignals.urls import to_sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -48,3 +48,10 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = create_engine(to_sqlalchemy_url(database_url))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def pg_store(database_url: str) -> Iterator[PostgresSignalStore]:
+    """A PostgresSignalStore built from the test database's URL, as a user builds one."""
+    with PostgresSignalStore(database_url) as store:
+        yield store

@@ -1,0 +1,1 @@
+"""Benchmarks: flowsignals against the raw-driver floor, measured in the same run."""
