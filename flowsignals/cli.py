@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
+import psycopg
 from alembic import command as alembic_command
 from alembic.util import CommandError
 from sqlalchemy import URL
@@ -134,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"argument {name}: {exc.rule}")
         return EXIT_USAGE
     except DBAPIError as exc:
+        _error(_describe_database_error(exc.orig if exc.orig is not None else exc))
+        return EXIT_ERROR
+    except psycopg.Error as exc:
+        # The store's own connections can raise the driver's error unwrapped when connecting.
         _error(_describe_database_error(exc))
         return EXIT_ERROR
     except SQLAlchemyError as exc:
@@ -408,12 +413,16 @@ def _canonical_run_id(run_id: str) -> str:
 def _parse_expires_at(text: str) -> datetime:
     # Python before 3.11 does not read a trailing "Z" as UTC.
     candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    invalid = argparse.ArgumentTypeError(
+        f"must be an ISO 8601 date and time, e.g. 2030-01-31T12:00:00+00:00; got {text!r}"
+    )
+    # A date alone is not a deadline (and Python 3.11 reads "2030-01-01+00:00" as naive).
+    if len(candidate) <= 10 or candidate[10] not in "Tt ":
+        raise invalid
     try:
         value = datetime.fromisoformat(candidate)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an ISO 8601 date and time, e.g. 2030-01-31T12:00:00+00:00; got {text!r}"
-        ) from None
+        raise invalid from None
     if value.tzinfo is None or value.utcoffset() is None:
         raise argparse.ArgumentTypeError(
             f"must include a UTC offset (+00:00 or Z): {text!r} is ambiguous"
@@ -444,10 +453,9 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _describe_database_error(exc: DBAPIError) -> str:
-    original = exc.orig
-    detail = _first_line(str(original) if original is not None else str(exc))
-    sqlstate = getattr(original, "sqlstate", None)
+def _describe_database_error(exc: BaseException) -> str:
+    detail = _first_line(str(exc))
+    sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate == "42P01":  # undefined_table
         return f"flowsignals' table is missing ({detail}): run 'flowsignals migrate' first"
     if sqlstate is None or sqlstate.startswith("08"):

