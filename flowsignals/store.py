@@ -266,7 +266,11 @@ class PostgresSignalStore:
             result = self._caller_connection(conn).exec_driver_sql(sql, params)
             rows = [tuple(row) for row in result] if result.returns_rows else []
             return rows, result.rowcount
-        pooled = self._engine.raw_connection()
+        try:
+            pooled = self._engine.raw_connection()
+        except psycopg.Error as exc:
+            # Connecting failed: raised as SQLAlchemy raises it from engine.connect().
+            raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
         try:
             driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
             restore = not driver.autocommit

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from flowsignals import DeliveryResult, DeliveryStatus, InvalidArgumentError, PostgresSignalStore
@@ -215,4 +216,13 @@ def test_a_url_for_another_database_is_refused() -> None:
 def test_repr_hides_the_password() -> None:
     store = PostgresSignalStore("postgresql://user:s3cret@localhost/db")
     assert "s3cret" not in repr(store)
+    store.close()
+
+
+def test_an_unreachable_server_raises_sqlalchemys_operational_error() -> None:
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    store = PostgresSignalStore("postgresql://nobody@127.0.0.1:1/none?connect_timeout=5")
+    with pytest.raises(OperationalError) as caught:
+        store.get_waiter(uuid.uuid4(), "a")
+    assert isinstance(caught.value.orig, psycopg.OperationalError)
     store.close()
