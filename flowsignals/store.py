@@ -62,9 +62,13 @@ class PostgresSignalStore:
         pre_ping: How the store's own pool checks a connection before use (see
             :data:`flowsignals.engine.PrePing`): ``"socket"`` (default) costs no round trip.
         engine_options: Extra keyword arguments for :func:`sqlalchemy.create_engine`.
+        verify_schema: Check at construction, in one short transaction of the store's own, that
+            the database is at flowsignals' head revision (see
+            :func:`flowsignals.migrations.check`).
 
     Raises:
         InvalidArgumentError: ``database`` or another argument is not acceptable.
+        SchemaNotAtHeadError: ``verify_schema`` is set and the database is not at head.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class PostgresSignalStore:
         application_name: str = "flowsignals",
         pre_ping: PrePing = "socket",
         engine_options: Mapping[str, Any] | None = None,
+        verify_schema: bool = False,
     ) -> None:
         self._max_payload_bytes = check_max_payload_bytes(max_payload_bytes)
         if schema is not None:
@@ -108,6 +113,15 @@ class PostgresSignalStore:
                 f"must be a URL string or a sqlalchemy.Engine, not {type(database).__name__}",
             )
         self._closed = False
+        if verify_schema:
+            # Imported here: only stores that check the revision need Alembic loaded.
+            from flowsignals import migrations
+
+            try:
+                migrations.verify(self._engine, schema)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def engine(self) -> Engine:

@@ -13,30 +13,57 @@ Every function takes a URL string, an :class:`~sqlalchemy.engine.Engine` or a
 
 Concurrent upgrades are serialised by a PostgreSQL advisory lock, so starting several
 processes that all upgrade at boot is safe.
+
+The revisions read their target schema from the migration context option
+``flowsignals_schema`` and nothing else from our ``env.py``, so a host application can list
+``flowsignals:migrations/versions`` in its own ``version_locations`` and run them there.
 """
 
 from __future__ import annotations
 
+import io
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import URL, NullPool, create_engine
 from sqlalchemy.engine import Connection, Engine
 
+from flowsignals.errors import SchemaNotAtHeadError
 from flowsignals.tables import VERSION_TABLE
 from flowsignals.urls import to_sqlalchemy_url
 
-__all__ = ["HEAD", "SCRIPT_LOCATION", "alembic_config", "current", "downgrade", "upgrade"]
+__all__ = [
+    "BRANCH",
+    "HEAD",
+    "HOST_VERSION_TABLE",
+    "SCRIPT_LOCATION",
+    "alembic_config",
+    "check",
+    "current",
+    "downgrade",
+    "sql",
+    "upgrade",
+    "verify",
+]
 
 #: Where Alembic finds env.py and the revisions, as a package resource.
 SCRIPT_LOCATION = "flowsignals:migrations"
 
 #: The newest revision this version of flowsignals ships.
 HEAD = "fs_0001"
+
+#: The branch label of flowsignals' revisions (``flowsignals@head`` in a host's Alembic).
+BRANCH = "flowsignals"
+
+#: Alembic's default version table, where a host that includes our revisions records them.
+HOST_VERSION_TABLE = "alembic_version"
 
 Database = str | URL | Engine | Connection
 
@@ -114,6 +141,82 @@ def current(database: Database, schema: str | None = None) -> str | None:
             opts={"version_table": VERSION_TABLE, "version_table_schema": schema},
         )
         return context.get_current_revision()
+
+
+def check(database: Database, schema: str | None = None) -> tuple[str | None, str]:
+    """Return ``(current, head)``: the revision the database is at, and the one we need.
+
+    ``current`` is read from ``flowsignals_alembic_version`` in ``schema`` (standalone lineage);
+    where that table is absent, from the host application's ``alembic_version`` on the
+    search_path (our revisions included in the host's Alembic), ignoring the host's own rows.
+    It is ``None`` when flowsignals is not installed. Reads only.
+
+    Args:
+        database: URL, Engine or Connection (see the module docstring for transactions).
+        schema: Schema flowsignals was installed into; ``None`` means the search path.
+
+    Raises:
+        sqlalchemy.exc.DBAPIError: The database refused a statement.
+    """
+    with _connection(database) as connection:
+        return _installed_revision(connection, schema), HEAD
+
+
+def verify(database: Database, schema: str | None = None) -> None:
+    """Raise unless the database is at flowsignals' head revision (see :func:`check`).
+
+    Raises:
+        SchemaNotAtHeadError: The database is at another revision, or flowsignals is not
+            installed; the message names both revisions and the command that fixes it.
+        sqlalchemy.exc.DBAPIError: The database refused a statement.
+    """
+    current_revision, head = check(database, schema)
+    if current_revision != head:
+        where = "" if schema is None else f" in schema {schema!r}"
+        found = "not installed" if current_revision is None else f"at {current_revision!r}"
+        option = "" if schema is None else f" --schema {shlex.quote(schema)}"
+        raise SchemaNotAtHeadError(
+            f"flowsignals' schema{where} is {found}, but this version of flowsignals needs "
+            f"revision {head!r}: run `flowsignals migrate{option}` (or "
+            f"flowsignals.migrations.upgrade(url, schema={schema!r})), or `alembic upgrade "
+            f"{BRANCH}@head` where the host's Alembic includes our revisions"
+        )
+
+
+def sql(schema: str | None = None, revision: str = "head", *, start: str | None = None) -> str:
+    """Return the SQL that upgrades to ``revision``, for a DBA to review and run; no server.
+
+    Args:
+        schema: Schema to install into; ``None`` means the search path.
+        revision: Target revision id or ``"head"``.
+        start: Revision the database is at; ``None`` means an empty database.
+
+    Raises:
+        alembic.util.CommandError: A revision is unknown.
+    """
+    output = io.StringIO()
+    config = alembic_config(schema=schema, stdout=output)
+    command.upgrade(config, revision if start is None else f"{start}:{revision}", sql=True)
+    return output.getvalue()
+
+
+def _installed_revision(connection: Connection, schema: str | None) -> str | None:
+    ours = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+    ).get_current_heads()
+    if not ours:
+        host = MigrationContext.configure(
+            connection, opts={"version_table": HOST_VERSION_TABLE}
+        ).get_current_heads()
+        ours = tuple(revision for revision in host if revision in _our_revisions())
+    # One lineage, so at most one of our revisions is current.
+    return ours[0] if ours else None
+
+
+@lru_cache(maxsize=1)
+def _our_revisions() -> frozenset[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(revision.revision for revision in script.walk_revisions())
 
 
 @contextmanager

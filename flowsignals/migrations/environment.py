@@ -9,7 +9,10 @@ Where the database comes from, first match wins:
    ``postgresql://``, ``postgres://`` or ``postgresql+psycopg://``, always driven by psycopg 3.
 
 The target schema comes from ``config.attributes["schema"]`` or ``-x schema=NAME``; it is
-created if missing and also holds the ``flowsignals_alembic_version`` table.
+created if missing and also holds the ``flowsignals_alembic_version`` table. The revisions read
+it from the migration context option ``flowsignals_schema`` (:data:`SCHEMA_OPTION`), which a host
+application's own ``env.py`` can pass to ``context.configure()`` too; without it they use the
+search_path.
 
 Offline mode (``--sql``) needs no server and no URL.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, MutableMapping
 from logging.config import fileConfig
-from typing import Literal
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy import URL, NullPool, create_engine, text
@@ -29,13 +32,16 @@ from sqlalchemy.schema import CreateSchema
 from flowsignals.tables import TABLE_NAME, VERSION_TABLE, build_metadata
 from flowsignals.urls import to_sqlalchemy_url
 
-__all__ = ["DATABASE_URL_ENV", "MIGRATION_LOCK_KEY", "run"]
+__all__ = ["DATABASE_URL_ENV", "MIGRATION_LOCK_KEY", "SCHEMA_OPTION", "run"]
 
 #: Environment variable read when no connection or URL is given explicitly.
 DATABASE_URL_ENV = "FLOWSIGNALS_DATABASE_URL"
 
 #: ``pg_advisory_xact_lock`` key serialising concurrent upgrades ("flowsign" in ASCII).
 MIGRATION_LOCK_KEY = 0x666C6F777369676E
+
+#: Migration context option naming the schema the revisions build in (absent: the search_path).
+SCHEMA_OPTION = "flowsignals_schema"
 
 NameType = Literal[
     "schema",
@@ -123,6 +129,9 @@ def _configure(
     context.configure(
         connection=connection,
         url=url,
+        # Offline SQL is read by people and psql: a pyformat dialect would double every '%'
+        # in a quoted schema name.
+        dialect_opts={"paramstyle": "named"} if connection is None else None,
         literal_binds=connection is None,
         target_metadata=build_metadata(schema),
         version_table=VERSION_TABLE,
@@ -130,7 +139,12 @@ def _configure(
         include_schemas=schema is not None,
         include_name=include_name_filter(schema),
         compare_type=True,
+        **_revision_options(schema),
     )
+
+
+def _revision_options(schema: str | None) -> dict[str, Any]:
+    return {SCHEMA_OPTION: schema}
 
 
 def _run_online(connection: Connection, schema: str | None) -> None:

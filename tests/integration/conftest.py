@@ -19,17 +19,32 @@ if TYPE_CHECKING:
     from tests.conftest import Databases
 
 
-@pytest.fixture(scope="session")
-def template_database(databases: Databases) -> Iterator[str]:
-    """Name of a database migrated to head, used only as a template (no connections allowed)."""
+#: A schema name that needs quoting: a quote, a space, a ';', and a '%s' that psycopg's pyformat
+#: placeholders must not take for a parameter.
+QUOTED_SCHEMA = 'Tenant "A" %s; x'
+
+
+def _template(databases: Databases, schema: str | None) -> Iterator[str]:
     # Unique per run, so two runs against one external server do not collide.
     name = databases.create("fs_template")
     try:
-        migrations.upgrade(databases.url(name))
+        migrations.upgrade(databases.url(name), schema=schema)
         databases.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
         yield name
     finally:
         databases.drop(name)
+
+
+@pytest.fixture(scope="session")
+def template_database(databases: Databases) -> Iterator[str]:
+    """Name of a database migrated to head, used only as a template (no connections allowed)."""
+    yield from _template(databases, None)
+
+
+@pytest.fixture(scope="session")
+def quoted_schema_template_database(databases: Databases) -> Iterator[str]:
+    """Like :func:`template_database`, migrated into :data:`QUOTED_SCHEMA` instead."""
+    yield from _template(databases, QUOTED_SCHEMA)
 
 
 @pytest.fixture
@@ -55,3 +70,21 @@ def pg_store(database_url: str) -> Iterator[PostgresSignalStore]:
     """A PostgresSignalStore built from the test database's URL, as a user builds one."""
     with PostgresSignalStore(database_url) as store:
         yield store
+
+
+@pytest.fixture
+def quoted_schema_pg_store(
+    databases: Databases, quoted_schema_template_database: str
+) -> Iterator[PostgresSignalStore]:
+    """A PostgresSignalStore on a fresh database whose table is in :data:`QUOTED_SCHEMA`.
+
+    The search_path does not include that schema, so only the store's quoting finds the table.
+    """
+    name = databases.create("fs_test", template=quoted_schema_template_database)
+    try:
+        with PostgresSignalStore(
+            databases.url(name), schema=QUOTED_SCHEMA, verify_schema=True
+        ) as store:
+            yield store
+    finally:
+        databases.drop(name)

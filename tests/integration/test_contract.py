@@ -1,4 +1,4 @@
-"""The documented contract, run against both stores.
+"""The documented contract, run against both stores (PostgreSQL also in a quoted schema).
 
 InMemorySignalStore is the model PostgresSignalStore is held to, so every case here runs on
 both and asserts the exact same values. Deadlines are an hour away from now in either
@@ -31,12 +31,14 @@ def _future() -> datetime:
     return datetime.now(timezone.utc) + HOUR
 
 
-@pytest.fixture(params=["memory", "postgres"])
+@pytest.fixture(params=["memory", "postgres", "postgres-quoted-schema"])
 def store(request: pytest.FixtureRequest) -> Iterator[SignalStore]:
     if request.param == "memory":
         yield InMemorySignalStore()
-    else:
+    elif request.param == "postgres":
         yield request.getfixturevalue("pg_store")
+    else:
+        yield request.getfixturevalue("quoted_schema_pg_store")
 
 
 @pytest.fixture

@@ -24,9 +24,15 @@ TABLE = "flow_signal_waiters"
 INDEX = "ix_flow_signal_waiters_run_id_signal_name_created_at"
 
 
+def _schema() -> str | None:
+    # Read from the migration context, not from our env.py: a host application's env.py runs
+    # these revisions too, and passes context.configure(flowsignals_schema=...) or nothing.
+    schema = op.get_context().opts.get("flowsignals_schema")
+    return schema if isinstance(schema, str) else None
+
+
 def upgrade() -> None:
-    # env.py puts the version table in the target schema, so it names that schema.
-    schema = op.get_context().version_table_schema
+    schema = _schema()
     op.create_table(
         TABLE,
         sa.Column("run_id", sa.Uuid(as_uuid=True), nullable=False),
@@ -50,6 +56,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = op.get_context().version_table_schema
+    schema = _schema()
     op.drop_index(INDEX, table_name=TABLE, schema=schema)
     op.drop_table(TABLE, schema=schema)
