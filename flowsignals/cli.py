@@ -7,7 +7,8 @@ them. Errors go to stderr as one line, never as a traceback.
 Exit codes:
 
 * 0: success (registered, DELIVERED, found, removed, migrated; demo invariants all PASS)
-* 1: unexpected error (database unreachable, schema not migrated...; demo: an invariant FAILed)
+* 1: unexpected error (database unreachable, schema not migrated...); ``migrate --check``: not
+  at the newest revision; ``demo``: an invariant FAILed
 * 2: usage error or invalid argument (the message names the argument), or no database URL
 * 3: ``deliver``: NOT_FOUND; ``get``/``remove``: no such waiter
 * 4: ``deliver``: ALREADY_DELIVERED
@@ -32,7 +33,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 import psycopg
-from alembic import command as alembic_command
 from alembic.util import CommandError
 from sqlalchemy import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -92,7 +92,8 @@ _CONNECT_TIMEOUT_SECONDS = 10
 _EPILOG = """\
 exit codes:
   0  success: registered, DELIVERED, found, removed, migrated; demo invariants all PASS
-  1  unexpected error (database unreachable, schema not migrated, ...); demo: an invariant FAILed
+  1  unexpected error (database unreachable, schema not migrated, ...); migrate --check: not
+     at the newest revision; demo: an invariant FAILed
   2  usage error or invalid argument (the message names it), or no database URL
   3  deliver: NOT_FOUND; get, remove: no such waiter
   4  deliver: ALREADY_DELIVERED
@@ -206,10 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_waiter_arguments(remove)
 
     migrate = add("migrate", "Upgrade the database schema of flowsignals.", _migrate)
-    migrate.add_argument(
+    mode = migrate.add_mutually_exclusive_group()
+    mode.add_argument(
         "--sql",
         action="store_true",
         help="print the SQL instead of running it (needs no database)",
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 unless the database is at the newest revision",
     )
     migrate.add_argument(
         "--revision", default="head", help="target revision (default: %(default)s)"
@@ -306,12 +313,11 @@ def _migrate(args: argparse.Namespace) -> int:
     revision: str = args.revision
     try:
         if args.sql:
-            config = migrations.alembic_config(
-                url=args.database_url, schema=schema, stdout=sys.stdout
-            )
-            alembic_command.upgrade(config, revision, sql=True)
+            sys.stdout.write(migrations.sql(schema=schema, revision=revision))
             return EXIT_OK
         url = _database_url(args)
+        if args.check:
+            return _check_migrated(url, schema)
         before = migrations.current(url, schema)
         migrations.upgrade(url, schema, revision)
         after = migrations.current(url, schema)
@@ -325,6 +331,26 @@ def _migrate(args: argparse.Namespace) -> int:
             "to_revision": after,
         }
     )
+    return EXIT_OK
+
+
+def _check_migrated(url: URL, schema: str | None) -> int:
+    current, head = migrations.check(url, schema)
+    _print_json(
+        {
+            "status": "at_head" if current == head else "behind",
+            "schema": schema,
+            "current_revision": current,
+            "head_revision": head,
+        }
+    )
+    if current != head:
+        print(
+            f"flowsignals: the schema is at {current or 'no revision (not installed)'}, "
+            f"not at {head}: run 'flowsignals migrate'",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return EXIT_OK
 
 

@@ -352,3 +352,26 @@ def test_migrate_sql_needs_no_database() -> None:
     assert result.code == 0, result.stderr
     assert "CREATE TABLE" in result.stdout
     assert "fs_0001" in result.stdout
+
+
+def test_migrate_check_exits_1_until_the_database_is_at_head(empty_database_url: str) -> None:
+    before = flowsignals("migrate", "--check", env_url=empty_database_url)
+    assert (before.code, before.json) == (
+        1,
+        {
+            "status": "behind",
+            "schema": None,
+            "current_revision": None,
+            "head_revision": "fs_0001",
+        },
+    )
+    assert before.stderr == (
+        "flowsignals: the schema is at no revision (not installed), not at fs_0001: "
+        "run 'flowsignals migrate'\n"
+    )
+    assert flowsignals("migrate", env_url=empty_database_url).code == 0
+    after = flowsignals("migrate", "--check", env_url=empty_database_url)
+    assert (after.code, after.json["status"], after.stderr) == (0, "at_head", "")
+    # --check never migrates: another schema there is still not installed.
+    other = flowsignals("--schema", "other", "migrate", "--check", env_url=empty_database_url)
+    assert (other.code, other.json["current_revision"]) == (1, None)

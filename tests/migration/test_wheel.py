@@ -1,8 +1,10 @@
 """The built wheel carries the migrations: installed into a fresh virtual environment, with no
-checkout in sight, it migrates an empty database from code and through the Alembic CLI."""
+checkout in sight, it migrates an empty database from code, through the Alembic CLI and with
+``flowsignals migrate``."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -117,3 +119,20 @@ def test_installed_wheel_migrates_with_the_alembic_cli(
     _run(alembic, "-x", f"url={empty_database_url}", "upgrade", "head", cwd=elsewhere)
 
     _assert_migrated(empty_database_url)
+
+
+def test_installed_wheel_migrates_with_flowsignals_migrate(
+    venv: Path, elsewhere: Path, empty_database_url: str
+) -> None:
+    command = venv / "bin" / "flowsignals"
+    result = _run(command, "--database-url", empty_database_url, "migrate", cwd=elsewhere)
+
+    assert json.loads(result.stdout) == {
+        "status": "upgraded",
+        "schema": None,
+        "from_revision": None,
+        "to_revision": "fs_0001",
+    }
+    _assert_migrated(empty_database_url)
+    check = _run(command, "--database-url", empty_database_url, "migrate", "--check", cwd=elsewhere)
+    assert json.loads(check.stdout)["status"] == "at_head"
