@@ -414,8 +414,8 @@ def write(run: Run, output: Path) -> Path:
             "",
             f"## Single-thread cycle, {title}",
             "",
-            how,
-            " One cycle is register, deliver, get, remove of a fresh waiter (one waiter per run)."
+            how
+            + " One cycle is register, deliver, get, remove of a fresh waiter (one waiter per run)."
             f" {len(s['floor'].cycles):,} rounds; each round runs one cycle of every contender"
             " back to back, in an order rotated every round (the original only every tenth"
             " round: it is slow); each call timed with `time.perf_counter`. The claim is the"
