@@ -1,34 +1,33 @@
-"""The engine a store builds for itself from a URL, and its connection liveness check."""
+"""What a store builds for itself from a URL: a SQLAlchemy engine and its own connection pool."""
 
 from __future__ import annotations
 
-import select
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
-from sqlalchemy import URL, Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy import URL, Engine, create_engine
 
+from flowsignals.pool import ConnectionPool, PrePing
 from flowsignals.urls import to_sqlalchemy_url
 
-#: How a pooled connection is checked before use. ``"socket"``: without a round trip, by looking
-#: for an end-of-file or error the server already sent (a terminated backend, a restart, a
-#: pooler closing it). ``"query"``: SQLAlchemy's ``pool_pre_ping``, a ``SELECT 1`` round trip
-#: per checkout that also catches silently dropped networks. ``None``: no check.
-PrePing = Literal["socket", "query"] | None
 
-
-def build_engine(
+def build_engine_and_pool(
     database: str | URL,
     *,
     application_name: str,
     prepared_statements: bool,
-    pre_ping: PrePing,
     engine_options: Mapping[str, Any],
-) -> Engine:
-    """Build the pooled psycopg 3 engine a store owns when it is given a URL."""
+    max_connections: int,
+    pool_timeout: float,
+    pre_ping: PrePing,
+) -> tuple[Engine, ConnectionPool]:
+    """Build what a store owns when it is given a URL.
+
+    The pool runs the store's own operations; the engine (SQLAlchemy's pool, pre-ping on)
+    serves :attr:`PostgresSignalStore.engine` and schema checks. Both connect with the same
+    settings: the dialect's translation of the URL plus the same ``connect_args``.
+    """
     url = to_sqlalchemy_url(database) if isinstance(database, str) else database
     connect_args: dict[str, Any] = {"application_name": application_name}
     if not prepared_statements:
@@ -37,33 +36,16 @@ def build_engine(
         connect_args["prepare_threshold"] = None
     options: dict[str, Any] = dict(engine_options)
     connect_args.update(options.pop("connect_args", {}))
-    options.setdefault("pool_pre_ping", pre_ping == "query")
+    options.setdefault("pool_pre_ping", True)
     engine = create_engine(url, connect_args=connect_args, **options)
-    if pre_ping == "socket":
-        event.listen(engine, "checkout", _check_socket)
-    return engine
 
+    _, dialect_args = engine.dialect.create_connect_args(engine.url)
+    settings = {**dialect_args, **connect_args, "autocommit": True}
 
-def _check_socket(
-    dbapi_connection: Any,
-    connection_record: ConnectionPoolEntry,
-    connection_proxy: PoolProxiedConnection,
-) -> None:
-    """Refuse a pooled connection whose server side has already gone away.
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(**settings)
 
-    An idle connection has nothing to read unless the server sent something: for a connection
-    that is not listening, that is an error message before a close, or the close itself. Raising
-    DisconnectionError makes the pool discard it and connect afresh, so a store call after a
-    killed backend or a server restart succeeds instead of failing on a dead socket.
-    """
-    conn: psycopg.Connection[Any] = dbapi_connection
-    if conn.closed:
-        raise DisconnectionError("connection closed")
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-        if readable:
-            conn.pgconn.consume_input()
-    except (OSError, psycopg.Error) as exc:
-        raise DisconnectionError(f"connection lost: {exc}") from exc
-    if conn.broken or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
-        raise DisconnectionError("connection lost")
+    pool = ConnectionPool(
+        connect, max_size=max_connections, timeout=pool_timeout, pre_ping=pre_ping
+    )
+    return engine, pool

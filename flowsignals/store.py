@@ -14,8 +14,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from flowsignals import statements as sql
-from flowsignals.engine import PrePing, build_engine
+from flowsignals.engine import build_engine_and_pool
 from flowsignals.errors import InvalidArgumentError
+from flowsignals.pool import ConnectionPool, PrePing
 from flowsignals.results import DeliveryResult, DeliveryStatus, SignalWaiter
 from flowsignals.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -24,6 +25,7 @@ from flowsignals.validation import (
     check_name,
     check_payload,
     check_run_id,
+    check_timeout,
 )
 
 #: What every public method accepts as ``conn``: a Connection or a Session of the caller's.
@@ -65,8 +67,12 @@ class PostgresSignalStore:
             an engine the store builds). Turn off behind pgbouncer in transaction pooling mode.
         application_name: Reported in ``pg_stat_activity`` (only for an engine the store builds).
         pre_ping: How the store's own pool checks a connection before use (see
-            :data:`flowsignals.engine.PrePing`): ``"socket"`` (default) costs no round trip.
-        engine_options: Extra keyword arguments for :func:`sqlalchemy.create_engine`.
+            :data:`flowsignals.pool.PrePing`): ``"socket"`` (default) costs no round trip.
+        max_connections: Most connections the store's own pool opens (only from a URL);
+            calls beyond that wait for one to be free.
+        pool_timeout: Seconds such a call waits before raising ``sqlalchemy.exc.TimeoutError``.
+        engine_options: Extra keyword arguments for :func:`sqlalchemy.create_engine` (only from
+            a URL); ``connect_args`` in it apply to the store's own pool too.
         verify_schema: Check at construction, in one short transaction of the store's own, that
             the database is at flowsignals' head revision (see
             :func:`flowsignals.migrations.check`).
@@ -85,6 +91,8 @@ class PostgresSignalStore:
         prepared_statements: bool = True,
         application_name: str = "flowsignals",
         pre_ping: PrePing = "socket",
+        max_connections: int = 20,
+        pool_timeout: float = 30.0,
         engine_options: Mapping[str, Any] | None = None,
         verify_schema: bool = False,
     ) -> None:
@@ -96,18 +104,28 @@ class PostgresSignalStore:
         if isinstance(database, Engine):
             self._engine = database
             self._owns_engine = False
-            # A caller's engine keeps psycopg's own prepare policy (it may sit behind pgbouncer).
+            # A caller's engine keeps its own pool, and psycopg's own prepare policy (it may
+            # sit behind pgbouncer).
+            self._pool: ConnectionPool | None = None
             self._prepare: bool | None = None
         elif isinstance(database, (str, URL)):
+            if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+                raise InvalidArgumentError("max_connections", "must be a positive int")
+            if max_connections < 1:
+                raise InvalidArgumentError("max_connections", "must be a positive int")
             try:
-                self._engine = build_engine(
+                self._engine, self._pool = build_engine_and_pool(
                     database,
                     application_name=application_name,
                     prepared_statements=prepared_statements,
-                    pre_ping=pre_ping,
                     engine_options=engine_options or {},
+                    max_connections=max_connections,
+                    pool_timeout=check_timeout("pool_timeout", pool_timeout),
+                    pre_ping=pre_ping,
                 )
             except InvalidArgumentError as exc:
+                if exc.argument != "url":
+                    raise
                 raise InvalidArgumentError("database", exc.rule) from exc
             self._owns_engine = True
             # Prepare on first use, as a hand-written client would, rather than on the fifth.
@@ -130,7 +148,11 @@ class PostgresSignalStore:
 
     @property
     def engine(self) -> Engine:
-        """The engine the store runs its own transactions on."""
+        """The SQLAlchemy engine: the one passed in, or one built from the URL for your use.
+
+        A store built from a URL runs its own operations on a pool of its own, not on this
+        engine's; the engine is there for your transactions (``conn=``) and schema checks.
+        """
         return self._engine
 
     @property
@@ -249,9 +271,11 @@ class PostgresSignalStore:
         return count == 1
 
     def close(self) -> None:
-        """Dispose of the engine if the store built it; an Engine passed in is left alone."""
+        """Close what the store built: its pool and engine. An Engine passed in is left alone."""
         if not self._closed:
             self._closed = True
+            if self._pool is not None:
+                self._pool.close()
             if self._owns_engine:
                 self._engine.dispose()
 
@@ -277,14 +301,42 @@ class PostgresSignalStore:
 
         The one place that decides transaction ownership. A caller's connection is used as it
         is, inside the caller's transaction, and never committed, rolled back or closed.
-        Otherwise a pooled connection runs the single statement in autocommit, which is its own
-        transaction: no BEGIN and COMMIT round trips, and no SQLAlchemy Connection to set up
-        (that layer costs more than the statement itself on a fast server).
+        Otherwise one pooled connection runs the single statement in autocommit, which is its
+        own transaction: no BEGIN and COMMIT round trips, and no SQLAlchemy Connection to set
+        up (that layer costs more than the statement itself on a fast server).
         """
         if conn is not None:
             result = self._caller_connection(conn).exec_driver_sql(sql, params)
             rows = [tuple(row) for row in result] if result.returns_rows else []
             return rows, result.rowcount
+        if self._pool is not None:
+            with self._pool.cursor() as cursor:
+                return self._run(cursor, sql, params)
+        return self._execute_on_engine(sql, params)
+
+    def _run(
+        self, cursor: psycopg.Cursor[Any], sql: str, params: Mapping[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        try:
+            cursor.execute(sql, params, prepare=self._prepare)
+        except psycopg.Error as exc:
+            # The same exception a caller's own SQLAlchemy connection would raise, so one
+            # handler serves both paths. A connection that is broken, or not idle after the
+            # error, is not reused (the pool checks on return).
+            driver = cursor.connection
+            invalidated = driver.broken or not _idle(driver)
+            raise DBAPIError.instance(
+                sql, dict(params), exc, psycopg.Error, connection_invalidated=invalidated
+            ) from exc
+        # The result status, not ``cursor.description``, which builds column objects.
+        result = cursor.pgresult
+        rows = cursor.fetchall() if result is not None and result.status == _ROWS else []
+        return rows, cursor.rowcount
+
+    def _execute_on_engine(
+        self, sql: str, params: Mapping[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """Run one statement in autocommit on a connection of the caller's engine's pool."""
         try:
             pooled = self._engine.raw_connection()
         except psycopg.Error as exc:
@@ -296,24 +348,14 @@ class PostgresSignalStore:
             if restore:
                 driver.autocommit = True
             try:
-                cursor = _reusable_cursor(pooled.info, driver)
-                cursor.execute(sql, params, prepare=self._prepare)
-                # The result status, not ``cursor.description``, which builds column objects.
-                status = cursor.pgresult.status if cursor.pgresult is not None else None
-                rows = cursor.fetchall() if status == _ROWS else []
-                return rows, cursor.rowcount
+                return self._run(_reusable_cursor(pooled.info, driver), sql, params)
             finally:
-                if restore and not driver.closed:
+                if restore and _idle(driver):
                     driver.autocommit = False
-        except psycopg.Error as exc:
-            # The same exception a caller's own SQLAlchemy connection would raise, so one
-            # handler serves both paths; a broken connection is dropped from the pool.
-            invalidated = driver.broken or driver.closed
-            if invalidated:
-                pooled.invalidate(exc)
-            raise DBAPIError.instance(
-                sql, dict(params), exc, psycopg.Error, connection_invalidated=invalidated
-            ) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                pooled.invalidate(exc.orig)
+            raise
         finally:
             pooled.close()
 
@@ -361,6 +403,10 @@ def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
         delivered_at=_utc(delivered_at),
         payload_json=payload_json,
     )
+
+
+def _idle(driver: psycopg.Connection[Any]) -> bool:
+    return not driver.closed and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def _utc(value: datetime | None) -> datetime | None:

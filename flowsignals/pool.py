@@ -1,0 +1,164 @@
+"""The store's own connection pool: autocommit psycopg connections, checked out per statement.
+
+A store built from a URL runs each of its operations as one autocommit statement on one of
+these connections. SQLAlchemy's pool does far more per checkout (events, reset-on-return, record
+bookkeeping) than that needs; measured, it cost more than the statement itself on a fast server
+(see docs/benchmarks.md). This pool keeps only what a single-statement call needs: a LIFO stack
+of idle connections under one lock, a liveness check that costs no round trip, and a bound on
+the number of connections.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import psycopg
+from psycopg import pq
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+#: How a pooled connection is checked before use. ``"socket"``: without a round trip, by looking
+#: for anything the server sent to the idle connection (for a connection that is not
+#: listening, only a FATAL message before a close, or the close itself). ``"query"``: a
+#: ``SELECT 1`` round trip per checkout, which also catches silently dropped networks.
+#: ``None``: no check.
+PrePing = Literal["socket", "query"] | None
+
+
+class ConnectionPool:
+    """A bounded pool of autocommit psycopg connections (thread-safe).
+
+    Args:
+        connect: Opens a new autocommit connection.
+        max_size: Most connections open at once; further checkouts wait for one to come back.
+        timeout: Seconds a checkout waits before raising ``sqlalchemy.exc.TimeoutError``.
+        pre_ping: The liveness check on checkout (see :data:`PrePing`).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        *,
+        max_size: int,
+        timeout: float,
+        pre_ping: PrePing,
+    ) -> None:
+        self._connect = connect
+        self._max_size = max_size
+        self._timeout = timeout
+        self._pre_ping = pre_ping
+        self._idle: list[psycopg.Cursor[Any]] = []
+        self._size = 0  # connections open or being opened, idle or checked out
+        self._closed = False
+        self._returned = threading.Condition(threading.Lock())
+
+    @contextmanager
+    def cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        """Check out a live connection's cursor for one statement, and return it afterwards.
+
+        Each connection keeps one cursor for its life: building one per statement was a
+        measurable share of a call's cost. A connection that comes back broken, or not idle (an
+        error read mid-statement can leave it busy), is closed instead of being reused.
+        """
+        cursor = self._checkout()
+        try:
+            yield cursor
+        finally:
+            self._checkin(cursor)
+
+    def close(self) -> None:
+        """Close idle connections now and the others when they come back."""
+        with self._returned:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._size -= len(idle)
+            self._returned.notify_all()
+        for cursor in idle:
+            cursor.connection.close()
+
+    @property
+    def size(self) -> int:
+        """Connections open (idle or in use)."""
+        return self._size
+
+    def _checkout(self) -> psycopg.Cursor[Any]:
+        while True:
+            with self._returned:
+                cursor = self._take_or_reserve()
+            if cursor is None:
+                return self._open().cursor()
+            if self._alive(cursor.connection):
+                return cursor
+            self._discard(cursor.connection)
+
+    def _take_or_reserve(self) -> psycopg.Cursor[Any] | None:
+        """Pop an idle connection, or reserve a slot for a new one (None); waits when full."""
+        if not self._returned.wait_for(
+            lambda: self._closed or self._idle or self._size < self._max_size,
+            timeout=self._timeout,
+        ):
+            raise PoolTimeoutError(
+                f"no connection free within {self._timeout} s "
+                f"({self._max_size} in use; raise max_connections or shorten transactions)"
+            )
+        if self._closed:
+            raise DBAPIError.instance(
+                None, None, psycopg.InterfaceError("the store is closed"), psycopg.Error
+            )
+        if self._idle:
+            return self._idle.pop()
+        self._size += 1
+        return None
+
+    def _open(self) -> psycopg.Connection[Any]:
+        try:
+            return self._connect()
+        except BaseException as exc:
+            with self._returned:
+                self._size -= 1
+                self._returned.notify()
+            if isinstance(exc, psycopg.Error):
+                # Raised as SQLAlchemy raises a failed connect from engine.connect().
+                raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+            raise
+
+    def _checkin(self, cursor: psycopg.Cursor[Any]) -> None:
+        conn = cursor.connection
+        if conn.closed or conn.broken or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            self._discard(conn)
+            return
+        with self._returned:
+            if not self._closed:
+                self._idle.append(cursor)
+                self._returned.notify()
+                return
+            self._size -= 1
+        conn.close()
+
+    def _discard(self, conn: psycopg.Connection[Any]) -> None:
+        with self._returned:
+            self._size -= 1
+            self._returned.notify()
+        conn.close()
+
+    def _alive(self, conn: psycopg.Connection[Any]) -> bool:
+        if conn.closed or conn.broken or conn.pgconn.status != pq.ConnStatus.OK:
+            return False
+        if self._pre_ping == "socket":
+            # An idle connection is sent nothing but a goodbye: a FATAL error (terminated
+            # backend, server shutdown) and then the close. Whatever is there, do not reuse it.
+            try:
+                readable, _, _ = select.select([conn.fileno()], [], [], 0)
+            except (OSError, ValueError):
+                return False
+            return not readable
+        if self._pre_ping == "query":
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                return False
+        return True

@@ -1,0 +1,97 @@
+"""The store's own connection pool: bounded, reused, closed with the store."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from flowsignals import InvalidArgumentError, PostgresSignalStore
+
+
+def _backends(store: PostgresSignalStore, name: str) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                {"n": name},
+            ).scalar_one()
+        )
+
+
+def test_sequential_calls_reuse_one_connection(database_url: str) -> None:
+    with PostgresSignalStore(database_url, application_name="fs-pool-reuse") as store:
+        run = uuid.uuid4()
+        for index in range(50):
+            store.register_waiter(run, f"s{index}", "sig")
+        pool = store._pool
+        assert pool is not None and pool.size == 1
+        # The engine for callers opened one more, for this count itself.
+        assert _backends(store, "fs-pool-reuse") == 2
+
+
+def test_pool_is_bounded_and_a_full_pool_times_out(database_url: str) -> None:
+    with PostgresSignalStore(database_url, max_connections=2, pool_timeout=0.2) as store:
+        pool = store._pool
+        assert pool is not None
+        with (
+            pool.cursor(),
+            pool.cursor(),
+            pytest.raises(PoolTimeoutError, match=r"no connection free within 0\.2 s"),
+        ):
+            store.get_waiter(uuid.uuid4(), "a")
+        assert store.get_waiter(uuid.uuid4(), "a") is None
+        assert pool.size == 2
+
+
+def test_many_threads_share_a_small_pool(database_url: str) -> None:
+    with PostgresSignalStore(database_url, max_connections=3) as store:
+        run = uuid.uuid4()
+        barrier = threading.Barrier(12)
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            try:
+                barrier.wait()
+                for round_ in range(20):
+                    store.register_waiter(run, f"t{index}-{round_}", "sig")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        pool = store._pool
+        assert pool is not None and pool.size <= 3
+        with store.engine.connect() as conn:
+            count = conn.execute(text("SELECT count(*) FROM flow_signal_waiters")).scalar_one()
+        assert count == 240
+
+
+def test_a_closed_store_refuses_calls_and_closes_its_connections(database_url: str) -> None:
+    store = PostgresSignalStore(database_url, application_name="fs-pool-close")
+    store.get_waiter(uuid.uuid4(), "a")
+    store.close()
+    with pytest.raises(DBAPIError, match="the store is closed"):
+        store.get_waiter(uuid.uuid4(), "a")
+    with PostgresSignalStore(database_url) as other, other.engine.connect() as conn:
+        left = conn.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'fs-pool-close'")
+        ).scalar_one()
+    assert left == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("max_connections", 0), ("max_connections", 1.5), ("pool_timeout", -1)]
+)
+def test_bad_pool_settings_are_refused(database_url: str, name: str, value: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match=rf"^{name}: "):
+        PostgresSignalStore(database_url, **{name: value})
