@@ -61,9 +61,13 @@ def _check_socket(
         raise DisconnectionError("connection closed")
     try:
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
-        if readable:
-            conn.pgconn.consume_input()
     except (OSError, psycopg.Error) as exc:
         raise DisconnectionError(f"connection lost: {exc}") from exc
+    if readable:
+        # An idle pooled connection is sent nothing but a goodbye: a FATAL error (terminated
+        # backend, server shutdown) and then the close. Reading it does not tell: libpq files
+        # the FATAL message as a notice and reports the connection OK until a later read finds
+        # the end of file, so a read-and-check here passed dead connections on to the caller.
+        raise DisconnectionError("the server sent data to an idle pooled connection")
     if conn.broken or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
         raise DisconnectionError("connection lost")

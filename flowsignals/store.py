@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.orm import Session
 
 from flowsignals import statements as sql
@@ -266,7 +266,21 @@ class PostgresSignalStore:
             result = self._caller_connection(conn).exec_driver_sql(sql, params)
             rows = [tuple(row) for row in result] if result.returns_rows else []
             return rows, result.rowcount
-        pooled = self._engine.raw_connection()
+        try:
+            pooled = self._engine.raw_connection()
+        except psycopg.Error as exc:
+            # Unlike engine.connect(), raw_connection() does not translate a failure to
+            # connect: raise what SQLAlchemy raises there, so one handler catches every
+            # database error the store lets through.
+            raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+        except InvalidRequestError as exc:
+            # The pool's checkout check refused a new connection three times in a row (each
+            # died at once); SQLAlchemy says so with an InvalidRequestError. It is a lost
+            # connection like any other: raise the same OperationalError.
+            lost = psycopg.OperationalError(f"no live connection after repeated attempts: {exc}")
+            raise DBAPIError.instance(
+                None, None, lost, psycopg.Error, connection_invalidated=True
+            ) from exc
         try:
             driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
             restore = not driver.autocommit
@@ -278,12 +292,15 @@ class PostgresSignalStore:
                     rows = cursor.fetchall() if cursor.description is not None else []
                     return rows, cursor.rowcount
             finally:
-                if restore and not driver.closed:
+                if restore and _idle(driver):
                     driver.autocommit = False
         except psycopg.Error as exc:
             # The same exception a caller's own SQLAlchemy connection would raise, so one
-            # handler serves both paths; a broken connection is dropped from the pool.
-            invalidated = driver.broken or driver.closed
+            # handler serves both paths. A connection that is broken, or not idle after the
+            # error (a FATAL message read before libpq saw the close leaves it ACTIVE), must
+            # not go back to the pool: the next caller would get "another command is already
+            # in progress".
+            invalidated = driver.broken or not _idle(driver)
             if invalidated:
                 pooled.invalidate(exc)
             raise DBAPIError.instance(
@@ -322,6 +339,10 @@ def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
         delivered_at=_utc(delivered_at),
         payload_json=payload_json,
     )
+
+
+def _idle(driver: psycopg.Connection[Any]) -> bool:
+    return not driver.closed and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def _utc(value: datetime | None) -> datetime | None:
