@@ -287,7 +287,10 @@ class PostgresSignalStore:
             if restore:
                 driver.autocommit = True
             try:
-                with driver.cursor() as cursor:
+                # Binary results: psycopg parses text timestamptz only in DateStyle ISO, and a
+                # server or role default of another DateStyle failed each call after it had
+                # committed. Binary values do not depend on DateStyle.
+                with driver.cursor(binary=True) as cursor:
                     cursor.execute(sql, params, prepare=self._prepare)
                     rows = cursor.fetchall() if cursor.description is not None else []
                     return rows, cursor.rowcount
