@@ -90,7 +90,10 @@ class ConnectionPool:
             with self._returned:
                 cursor = self._take_or_reserve()
             if cursor is None:
-                return self._open().cursor()
+                # Binary results: psycopg parses text timestamps only in DateStyle ISO, and a
+                # server or role default of another DateStyle would fail each call after it
+                # had committed. Binary values do not depend on DateStyle.
+                return self._open().cursor(binary=True)
             if self._alive(cursor.connection):
                 return cursor
             self._discard(cursor.connection)

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.orm import Session
 
 from flowsignals import statements as sql
@@ -342,6 +342,14 @@ class PostgresSignalStore:
         except psycopg.Error as exc:
             # Connecting failed: raised as SQLAlchemy raises it from engine.connect().
             raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+        except InvalidRequestError as exc:
+            # The pool's checkout check refused a new connection three times in a row (each
+            # died at once); SQLAlchemy says so with an InvalidRequestError. It is a lost
+            # connection like any other: raise the same OperationalError.
+            lost = psycopg.OperationalError(f"no live connection after repeated attempts: {exc}")
+            raise DBAPIError.instance(
+                None, None, lost, psycopg.Error, connection_invalidated=True
+            ) from exc
         try:
             driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
             restore = not driver.autocommit
@@ -387,7 +395,7 @@ def _reusable_cursor(info: dict[Any, Any], driver: psycopg.Connection[Any]) -> p
     """
     cursor: psycopg.Cursor[Any] | None = info.get(_CURSOR_KEY)
     if cursor is None or cursor.connection is not driver or cursor.closed:
-        cursor = info[_CURSOR_KEY] = driver.cursor()
+        cursor = info[_CURSOR_KEY] = driver.cursor(binary=True)
     return cursor
 
 
