@@ -36,7 +36,7 @@ __all__ = ["HEAD", "SCRIPT_LOCATION", "alembic_config", "current", "downgrade", 
 SCRIPT_LOCATION = "flowsignals:migrations"
 
 #: The newest revision this version of flowsignals ships.
-HEAD = "fs_0001"
+HEAD = "fs_0002"
 
 Database = str | URL | Engine | Connection
 
