@@ -44,9 +44,7 @@ class WaitTimeoutError(FlowSignalsError, TimeoutError):
         self.run_id = run_id
         self.step_key = step_key
         self.timeout = timeout
-        super().__init__(
-            f"waiter ({run_id}, {step_key!r}) received no signal within {timeout:g} s"
-        )
+        super().__init__(f"waiter ({run_id}, {step_key!r}) received no signal within {timeout:g} s")
 
 
 class WaiterNotFoundError(FlowSignalsError):
