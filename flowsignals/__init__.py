@@ -1,9 +1,23 @@
 """flowsignals: a durable "wait for a signal" store for workflow engines, on PostgreSQL."""
 
-from flowsignals.errors import FlowSignalsError, InvalidArgumentError, SchemaNotAtHeadError
+from flowsignals.errors import (
+    FlowSignalsError,
+    InvalidArgumentError,
+    SchemaNotAtHeadError,
+    WaiterExpiredError,
+    WaiterNotFoundError,
+    WaitTimeoutError,
+)
 from flowsignals.memory import InMemorySignalStore
 from flowsignals.protocol import SignalStore
-from flowsignals.results import DeliveryResult, DeliveryStatus, SignalWaiter
+from flowsignals.results import (
+    DeliveryResult,
+    DeliveryStatus,
+    SignalWaiter,
+    WaiterCounts,
+    WaiterCursor,
+    WaiterState,
+)
 from flowsignals.store import PostgresSignalStore
 
 __all__ = [
@@ -16,4 +30,10 @@ __all__ = [
     "SchemaNotAtHeadError",
     "SignalStore",
     "SignalWaiter",
+    "WaitTimeoutError",
+    "WaiterCounts",
+    "WaiterCursor",
+    "WaiterExpiredError",
+    "WaiterNotFoundError",
+    "WaiterState",
 ]

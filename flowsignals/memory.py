@@ -7,6 +7,7 @@ exactly the documented semantics, with the same validation.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,18 +17,40 @@ from types import TracebackType
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from flowsignals.errors import InvalidArgumentError
-from flowsignals.results import DeliveryResult, DeliveryStatus, SignalWaiter
+from flowsignals.errors import (
+    InvalidArgumentError,
+    WaiterExpiredError,
+    WaiterNotFoundError,
+    WaitTimeoutError,
+)
+from flowsignals.results import (
+    DeliveryResult,
+    DeliveryStatus,
+    SignalWaiter,
+    WaiterCounts,
+    WaiterCursor,
+    WaiterState,
+)
 from flowsignals.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    check_after,
     check_expires_at,
+    check_limit,
     check_max_payload_bytes,
     check_name,
+    check_older_than,
     check_payload,
     check_run_id,
+    check_state,
+    check_timeout,
+    check_wait_conn,
 )
 
 _TICK = timedelta(microseconds=1)
+
+#: Longest a wait sleeps between looks at the clock: a test's clock can jump a deadline past
+#: without telling anyone, so waits notice within this many seconds.
+_CLOCK_CHECK = 0.05
 
 
 def _utc_now() -> datetime:
@@ -56,6 +79,8 @@ class InMemorySignalStore:
         self._max_payload_bytes = check_max_payload_bytes(max_payload_bytes)
         self._clock = clock
         self._lock = threading.Lock()
+        # Every change notifies it, waking wait_for_signal.
+        self._changed = threading.Condition(self._lock)
         self._waiters: dict[tuple[uuid.UUID, str], SignalWaiter] = {}
         self._last_created: datetime | None = None
 
@@ -75,8 +100,10 @@ class InMemorySignalStore:
         deadline = check_expires_at(expires_at)
         _check_conn(conn)
         with self._lock:
+            self._changed.notify_all()
             current = self._waiters.get((run, step))
             if current is not None:
+                # Never clears a delivery or a claim: both are tombstones.
                 self._waiters[run, step] = replace(current, signal_name=signal, expires_at=deadline)
                 return
             self._waiters[run, step] = SignalWaiter(
@@ -109,12 +136,11 @@ class InMemorySignalStore:
                 key=lambda w: (w.created_at, w.step_key),
             )
             for waiter in matching:
-                if waiter.delivered_at is None and (
-                    waiter.expires_at is None or waiter.expires_at > now
-                ):
+                if waiter.state_at(now) is WaiterState.PENDING:
                     self._waiters[run, waiter.step_key] = replace(
                         waiter, delivered_at=now, payload_json=payload
                     )
+                    self._changed.notify_all()
                     return DeliveryResult(DeliveryStatus.DELIVERED, waiter.step_key, now)
             delivered = [w for w in matching if w.delivered_at is not None]
             if delivered:
@@ -151,7 +177,135 @@ class InMemorySignalStore:
         key = (check_run_id(run_id), check_name("step_key", step_key))
         _check_conn(conn)
         with self._lock:
+            self._changed.notify_all()
             return self._waiters.pop(key, None) is not None
+
+    def wait_for_signal(
+        self,
+        run_id: uuid.UUID | str,
+        step_key: str,
+        *,
+        timeout: float | timedelta,
+        conn: Connection | Session | None = None,
+    ) -> SignalWaiter:
+        """Block until delivered; see :meth:`PostgresSignalStore.wait_for_signal`.
+
+        Woken through a :class:`threading.Condition` by every change. Deadlines are judged by
+        the store's ``clock``; the timeout by real (monotonic) time.
+        """
+        run = check_run_id(run_id)
+        step = check_name("step_key", step_key)
+        seconds = check_timeout("timeout", timeout)
+        check_wait_conn(conn)
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            while True:
+                waiter = self._waiters.get((run, step))
+                if waiter is None:
+                    raise WaiterNotFoundError(run, step)
+                state = waiter.state_at(self._now())
+                if state is WaiterState.DELIVERED:
+                    return waiter
+                if state is not WaiterState.PENDING:
+                    raise WaiterExpiredError(waiter)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeoutError(run, step, seconds)
+                self._changed.wait(min(remaining, _CLOCK_CHECK))
+
+    def claim_expired(
+        self, *, limit: int = 100, conn: Connection | Session | None = None
+    ) -> list[SignalWaiter]:
+        """Claim expired waiters; see :meth:`PostgresSignalStore.claim_expired`."""
+        count = check_limit("limit", limit)
+        _check_conn(conn)
+        with self._lock:
+            now = self._now()
+            due = sorted(
+                (w for w in self._waiters.values() if w.state_at(now) is WaiterState.EXPIRED),
+                key=lambda w: (w.expires_at, w.run_id, w.step_key),
+            )[:count]
+            claimed = [replace(w, claimed_at=now) for w in due]
+            for waiter in claimed:
+                self._waiters[waiter.run_id, waiter.step_key] = waiter
+            if claimed:
+                self._changed.notify_all()
+            return claimed
+
+    def purge(
+        self,
+        *,
+        older_than: timedelta,
+        limit: int | None = None,
+        batch_size: int = 1000,
+        conn: Connection | Session | None = None,
+    ) -> int:
+        """Delete long-finished waiters; see :meth:`PostgresSignalStore.purge`."""
+        age = check_older_than(older_than)
+        most = None if limit is None else check_limit("limit", limit, maximum=None)
+        check_limit("batch_size", batch_size)
+        _check_conn(conn)
+        with self._lock:
+            cutoff = self._now() - age
+            doomed = [
+                key
+                for key, w in self._waiters.items()
+                if (w.delivered_at is not None and w.delivered_at < cutoff)
+                or (w.claimed_at is not None and w.claimed_at < cutoff)
+            ][:most]
+            for key in doomed:
+                del self._waiters[key]
+            if doomed:
+                self._changed.notify_all()
+            return len(doomed)
+
+    def list_waiters(
+        self,
+        *,
+        run_id: uuid.UUID | str | None = None,
+        signal_name: str | None = None,
+        state: WaiterState | str | None = None,
+        limit: int = 100,
+        after: SignalWaiter | WaiterCursor | None = None,
+        conn: Connection | Session | None = None,
+    ) -> list[SignalWaiter]:
+        """List waiters a page at a time; see :meth:`PostgresSignalStore.list_waiters`."""
+        count = check_limit("limit", limit)
+        run = None if run_id is None else check_run_id(run_id)
+        signal = None if signal_name is None else check_name("signal_name", signal_name)
+        wanted = check_state(state)
+        cursor = check_after(after)
+        _check_conn(conn)
+        with self._lock:
+            now = self._now()
+            chosen = [
+                w
+                for w in self._waiters.values()
+                if (run is None or w.run_id == run)
+                and (signal is None or w.signal_name == signal)
+                and (wanted is None or w.state_at(now) is wanted)
+                and (cursor is None or _position(w) > _position(cursor))
+            ]
+        return sorted(chosen, key=_position)[:count]
+
+    def count_waiters(
+        self,
+        *,
+        run_id: uuid.UUID | str | None = None,
+        signal_name: str | None = None,
+        conn: Connection | Session | None = None,
+    ) -> WaiterCounts:
+        """Count waiters by state; see :meth:`PostgresSignalStore.count_waiters`."""
+        run = None if run_id is None else check_run_id(run_id)
+        signal = None if signal_name is None else check_name("signal_name", signal_name)
+        _check_conn(conn)
+        counts = dict.fromkeys(WaiterState, 0)
+        with self._lock:
+            now = self._now()
+            for w in self._waiters.values():
+                if (run is None or w.run_id == run) and (signal is None or w.signal_name == signal):
+                    counts[w.state_at(now)] += 1
+        return WaiterCounts(**{state.value: n for state, n in counts.items()})
 
     def close(self) -> None:
         """Nothing to release; present so both stores are used alike."""
@@ -181,6 +335,10 @@ class InMemorySignalStore:
             now = self._last_created + _TICK
         self._last_created = now
         return now
+
+
+def _position(item: SignalWaiter | WaiterCursor) -> tuple[datetime, uuid.UUID, str]:
+    return (item.created_at, item.run_id, item.step_key)
 
 
 def _micros(value: datetime | None) -> int:

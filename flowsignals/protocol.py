@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from flowsignals.results import DeliveryResult, SignalWaiter
+from flowsignals.results import (
+    DeliveryResult,
+    SignalWaiter,
+    WaiterCounts,
+    WaiterCursor,
+    WaiterState,
+)
 
 
 @runtime_checkable
@@ -61,6 +67,66 @@ class SignalStore(Protocol):
         conn: Connection | Session | None = None,
     ) -> bool:
         """Remove the waiter of (run_id, step_key); True if one was removed."""
+        ...
+
+    def wait_for_signal(
+        self,
+        run_id: uuid.UUID | str,
+        step_key: str,
+        *,
+        timeout: float | timedelta,
+        conn: Connection | Session | None = None,
+    ) -> SignalWaiter:
+        """Block until the waiter is delivered and return it, payload included.
+
+        PostgresSignalStore is woken by LISTEN/NOTIFY (or polls, with ``listen=False``);
+        InMemorySignalStore by a condition variable. ``conn`` must be None.
+
+        Raises:
+            WaitTimeoutError: The timeout passed first.
+            WaiterNotFoundError: No such waiter, or it was removed while waiting.
+            WaiterExpiredError: Its deadline passed undelivered, or it was claimed.
+        """
+        ...
+
+    def claim_expired(
+        self, *, limit: int = 100, conn: Connection | Session | None = None
+    ) -> list[SignalWaiter]:
+        """Claim, exactly once, waiters whose deadline passed undelivered."""
+        ...
+
+    def purge(
+        self,
+        *,
+        older_than: timedelta,
+        limit: int | None = None,
+        batch_size: int = 1000,
+        conn: Connection | Session | None = None,
+    ) -> int:
+        """Delete delivered and claimed waiters finished more than ``older_than`` ago."""
+        ...
+
+    def list_waiters(
+        self,
+        *,
+        run_id: uuid.UUID | str | None = None,
+        signal_name: str | None = None,
+        state: WaiterState | str | None = None,
+        limit: int = 100,
+        after: SignalWaiter | WaiterCursor | None = None,
+        conn: Connection | Session | None = None,
+    ) -> list[SignalWaiter]:
+        """List waiters by (created_at, run_id, step_key), one keyset page at a time."""
+        ...
+
+    def count_waiters(
+        self,
+        *,
+        run_id: uuid.UUID | str | None = None,
+        signal_name: str | None = None,
+        conn: Connection | Session | None = None,
+    ) -> WaiterCounts:
+        """Count waiters by state."""
         ...
 
     def close(self) -> None:

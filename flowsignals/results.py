@@ -55,6 +55,8 @@ class SignalWaiter:
         expires_at: The deadline, or ``None`` for none.
         delivered_at: When a payload was delivered, or ``None``.
         payload_json: The delivered JSON text, exactly as sent, or ``None``.
+        claimed_at: When :meth:`SignalStore.claim_expired` claimed the waiter after its
+            deadline passed, or ``None``. A waiter is never both delivered and claimed.
     """
 
     run_id: uuid.UUID
@@ -64,8 +66,101 @@ class SignalWaiter:
     expires_at: datetime | None
     delivered_at: datetime | None
     payload_json: str | None
+    claimed_at: datetime | None = None
 
     @property
     def is_delivered(self) -> bool:
         """True once a payload has been recorded."""
         return self.delivered_at is not None
+
+    @property
+    def is_claimed(self) -> bool:
+        """True once the waiter has been claimed as expired (a tombstone: it stays so)."""
+        return self.claimed_at is not None
+
+    def state_at(self, now: datetime) -> WaiterState:
+        """The waiter's :class:`WaiterState` at ``now`` (a timezone-aware datetime).
+
+        A deadline at or before ``now`` has passed. The stores judge by their own clock (the
+        database server's for PostgreSQL), which may differ from the caller's.
+        """
+        if self.delivered_at is not None:
+            return WaiterState.DELIVERED
+        if self.claimed_at is not None:
+            return WaiterState.CLAIMED
+        if self.expires_at is not None and self.expires_at <= now:
+            return WaiterState.EXPIRED
+        return WaiterState.PENDING
+
+    @property
+    def cursor(self) -> WaiterCursor:
+        """Where a :meth:`SignalStore.list_waiters` page ending with this waiter stops."""
+        return WaiterCursor(self.created_at, self.run_id, self.step_key)
+
+
+class WaiterState(enum.Enum):
+    """The state of a waiter, as :meth:`SignalStore.list_waiters` filters and counts them.
+
+    Every waiter is in exactly one state. Expiry is judged by the store's clock (the database
+    server's for :class:`~flowsignals.PostgresSignalStore`).
+    """
+
+    #: Neither delivered nor claimed, and its deadline (if any) has not passed.
+    PENDING = "pending"
+    #: A payload was delivered to it.
+    DELIVERED = "delivered"
+    #: Its deadline passed undelivered, and it has not been claimed yet.
+    EXPIRED = "expired"
+    #: Claimed by :meth:`SignalStore.claim_expired` after its deadline passed.
+    CLAIMED = "claimed"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class WaiterCursor:
+    """A position in the stable order of :meth:`SignalStore.list_waiters`.
+
+    Waiters are listed by (``created_at``, ``run_id``, ``step_key``); a page starts strictly
+    after its cursor. Take it from the last waiter of a page (:attr:`SignalWaiter.cursor`), or
+    carry it between processes as text with :meth:`token` and :meth:`from_token`.
+    """
+
+    created_at: datetime
+    run_id: uuid.UUID
+    step_key: str
+
+    def token(self) -> str:
+        """Return the cursor as one opaque line of text."""
+        return f"{self.created_at.isoformat()}/{self.run_id}/{self.step_key}"
+
+    @classmethod
+    def from_token(cls, token: str) -> WaiterCursor:
+        """Parse a :meth:`token`.
+
+        Raises:
+            ValueError: ``token`` is not one.
+        """
+        created, run, step = token.split("/", 2)
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None or not step:
+            raise ValueError(f"not a waiter cursor: {token!r}")
+        return cls(created_at, uuid.UUID(run), step)
+
+
+@dataclass(frozen=True, slots=True)
+class WaiterCounts:
+    """How many waiters are in each :class:`WaiterState`."""
+
+    pending: int = 0
+    delivered: int = 0
+    expired: int = 0
+    claimed: int = 0
+
+    @property
+    def total(self) -> int:
+        """All waiters counted."""
+        return self.pending + self.delivered + self.expired + self.claimed
+
+    def __getitem__(self, state: WaiterState | str) -> int:
+        """The count of one state, by :class:`WaiterState` or its string value."""
+        value: int = getattr(self, WaiterState(state).value)
+        return value

@@ -10,6 +10,7 @@ column as a value to SET.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -18,8 +19,10 @@ from sqlalchemy import (
     ClauseElement,
     ColumnElement,
     Integer,
+    Interval,
     Select,
     Table,
+    Text,
     and_,
     bindparam,
     cast,
@@ -29,13 +32,18 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from typing_extensions import Unpack
 
+from flowsignals.results import WaiterState
 from flowsignals.tables import TABLE_NAME, build_metadata
+
+#: LISTEN/NOTIFY channel of the waiter table on the search_path (see :func:`notify_channel`).
+CHANNEL = "flowsignals"
 
 #: Outcome codes in the first column of :attr:`Statements.deliver`'s single row.
 OUTCOME_DELIVERED = 0
@@ -54,20 +62,131 @@ class Statements:
     deliver: str
     get: str
     remove: str
+    claim_expired: str
+    purge_batch: str
+    count: str
+    count_run: str
+    count_run_signal: str
+    count_signal: str
+    poll: str
 
 
 @lru_cache(maxsize=32)
 def for_schema(schema: str | None) -> Statements:
     """Return the statements for the waiter table in ``schema`` (None: the search_path)."""
-    table = build_metadata(schema).tables[
-        f"{schema}.{TABLE_NAME}" if schema is not None else TABLE_NAME
-    ]
+    table = _table(schema)
+    c = table.c
     return Statements(
         register=_compile(_register(table)),
         deliver=_compile(_deliver(table)),
         get=_compile(select_waiter(table)),
         remove=_compile(_remove(table)),
+        claim_expired=_compile(_claim_expired(table)),
+        purge_batch=_compile(_purge_batch(table)),
+        count=_compile(_count(table)),
+        count_run=_compile(_count(table, c.run_id == _run(table))),
+        count_run_signal=_compile(
+            _count(table, c.run_id == _run(table), c.signal_name == _signal(table))
+        ),
+        count_signal=_compile(_count(table, c.signal_name == _signal(table))),
+        poll=_compile(
+            select(*waiter_columns(table), func.now()).where(
+                c.run_id == _run(table), c.step_key == _step(table)
+            )
+        ),
     )
+
+
+@lru_cache(maxsize=256)
+def list_waiters(
+    schema: str | None,
+    *,
+    by_run: bool,
+    by_signal: bool,
+    state: WaiterState | None,
+    after: bool,
+) -> str:
+    """The list_waiters query for one combination of filters (binds: run, signal, limit...).
+
+    Each combination is its own statement rather than one with ``(:x IS NULL OR ...)``
+    conditions, so every one gets a plan that uses the matching index. The row comparison on
+    (created_at, run_id, step_key) is a keyset seek on the index in that order.
+    """
+    table = _table(schema)
+    c = table.c
+    query = select(*waiter_columns(table))
+    if by_run:
+        query = query.where(c.run_id == _run(table))
+    if by_signal:
+        query = query.where(c.signal_name == _signal(table))
+    if state is not None:
+        query = query.where(state_condition(table, state))
+    if after:
+        query = query.where(
+            tuple_(c.created_at, c.run_id, c.step_key)
+            > tuple_(
+                bindparam("after_created", type_=c.created_at.type),
+                bindparam("after_run", type_=c.run_id.type),
+                bindparam("after_step", type_=c.step_key.type),
+            )
+        )
+    query = query.order_by(c.created_at, c.run_id, c.step_key).limit(
+        bindparam("limit", type_=Integer)
+    )
+    return _compile(query)
+
+
+def notify_channel(schema: str | None) -> str:
+    """The LISTEN/NOTIFY channel of the waiter table in ``schema``.
+
+    ``flowsignals``, or ``flowsignals:<schema>`` so stores of different schemas in one database
+    do not wake each other; a schema too long for a channel name (63 bytes) is hashed instead.
+    """
+    if schema is None:
+        return CHANNEL
+    channel = f"{CHANNEL}:{schema}"
+    if len(channel.encode("utf-8")) <= 63:
+        return channel
+    return f"{CHANNEL}:{hashlib.sha256(schema.encode('utf-8')).hexdigest()[:32]}"
+
+
+def state_condition(table: Table, state: WaiterState) -> ColumnElement[bool]:
+    """The SQL condition for a waiter being in ``state``, by the server's clock."""
+    c = table.c
+    unfinished = and_(c.delivered_at.is_(None), c.claimed_at.is_(None))
+    if state is WaiterState.DELIVERED:
+        return c.delivered_at.is_not(None)
+    if state is WaiterState.CLAIMED:
+        return and_(c.delivered_at.is_(None), c.claimed_at.is_not(None))
+    if state is WaiterState.EXPIRED:
+        return and_(unfinished, c.expires_at <= func.now())
+    return and_(unfinished, or_(c.expires_at.is_(None), c.expires_at > func.now()))
+
+
+def _table(schema: str | None) -> Table:
+    return build_metadata(schema).tables[
+        f"{schema}.{TABLE_NAME}" if schema is not None else TABLE_NAME
+    ]
+
+
+def _run(table: Table) -> ColumnElement[Any]:
+    return bindparam("run", type_=table.c.run_id.type)
+
+
+def _step(table: Table) -> ColumnElement[Any]:
+    return bindparam("step", type_=table.c.step_key.type)
+
+
+def _signal(table: Table) -> ColumnElement[Any]:
+    return bindparam("signal", type_=table.c.signal_name.type)
+
+
+def _notify(table: Table) -> ColumnElement[Any]:
+    # Only identifiers, never the payload: a NOTIFY payload is limited to 8000 bytes, and the
+    # table is the truth anyway. A uuid's text is always 36 characters, so the split is exact.
+    c = table.c
+    identifiers = cast(c.run_id, Text).concat(literal_column("' '", Text)).concat(c.step_key)
+    return func.pg_notify(bindparam("channel", type_=Text), identifiers).label("notified")
 
 
 def waiter_columns(table: Table) -> tuple[ColumnElement[object], ...]:
@@ -81,6 +200,7 @@ def waiter_columns(table: Table) -> tuple[ColumnElement[object], ...]:
         c.expires_at,
         c.delivered_at,
         c.payload_json,
+        c.claimed_at,
     )
 
 
@@ -114,11 +234,81 @@ def _register(table: Table) -> ClauseElement:
 
 
 def _remove(table: Table) -> ClauseElement:
+    # Notifies (on commit) so that a wait on the removed waiter ends at once.
     c = table.c
-    return delete(table).where(
-        c.run_id == bindparam("run", type_=c.run_id.type),
-        c.step_key == bindparam("step", type_=c.step_key.type),
+    return (
+        delete(table)
+        .where(
+            c.run_id == bindparam("run", type_=c.run_id.type),
+            c.step_key == bindparam("step", type_=c.step_key.type),
+        )
+        .returning(_notify(table))
     )
+
+
+def _claim_expired(table: Table) -> ClauseElement:
+    """claim_expired: a queue, so locked rows are skipped, never waited on.
+
+    ``due`` locks up to ``limit`` unfinished waiters past their deadline (server clock) with
+    FOR UPDATE SKIP LOCKED: a row another claimer or a delivery holds is someone else's. After
+    taking a lock, READ COMMITTED re-evaluates the WHERE clause on the row's newest committed
+    version, so a delivery or claim committed since this statement's snapshot excludes it; the
+    UPDATE repeats the condition so that stays true even if the plan changes. Each claimed
+    waiter notifies its own waits, which then end with WaiterExpiredError.
+    """
+    c = table.c
+    due = (
+        select(c.run_id, c.step_key)
+        .where(
+            c.expires_at.is_not(None),
+            c.expires_at <= func.now(),
+            c.delivered_at.is_(None),
+            c.claimed_at.is_(None),
+        )
+        .order_by(c.expires_at)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    return (
+        table.update()
+        .where(
+            c.run_id == due.c.run_id,
+            c.step_key == due.c.step_key,
+            c.delivered_at.is_(None),
+            c.claimed_at.is_(None),
+        )
+        .values(claimed_at=func.now())
+        .returning(*waiter_columns(table), _notify(table))
+    )
+
+
+def _purge_batch(table: Table) -> ClauseElement:
+    """One purge batch: delete up to ``batch`` waiters finished before now() - ``age``.
+
+    SKIP LOCKED: a purge never waits for a row and so never holds its locks for long nor
+    deadlocks with a delivery that locks a run's waiters in creation order; a row skipped now
+    is purged next time. Only delivered or claimed rows qualify, and neither state is ever
+    undone, so a pending waiter is never deleted.
+    """
+    c = table.c
+    cutoff = func.now() - bindparam("age", type_=Interval())
+    doomed = (
+        select(c.run_id, c.step_key)
+        .where(or_(c.delivered_at < cutoff, c.claimed_at < cutoff))
+        .limit(bindparam("batch", type_=Integer))
+        .with_for_update(skip_locked=True)
+        .cte("doomed")
+    )
+    return delete(table).where(c.run_id == doomed.c.run_id, c.step_key == doomed.c.step_key)
+
+
+def _count(table: Table, *where: ColumnElement[bool]) -> ClauseElement:
+    counts = [
+        func.count().filter(state_condition(table, state)).label(state.value)
+        for state in WaiterState
+    ]
+    return select(*counts).select_from(table).where(*where)
 
 
 def _deliver(table: Table) -> ClauseElement:
@@ -131,22 +321,28 @@ def _deliver(table: Table) -> ClauseElement:
        never misinformed. Locking in one order keeps racing deliveries from deadlocking. A
        LIMIT 1 here would be wrong: when the one locked row turns out to be taken, the scan
        would return nothing instead of moving on to the next pending waiter.
-    2. ``delivered`` updates the oldest of them that is neither delivered nor expired, by the
-       server's clock.
+    2. ``delivered`` updates the oldest of them that is neither delivered, claimed nor expired,
+       by the server's clock, and notifies the waiter's channel (sent on commit, never on
+       rollback). A claim holds the row lock too, so a delivery racing a claim sees either the
+       claim (EXPIRED) or takes the row first (and the claim then skips it).
     3. The outer query reports, in priority order: what was delivered; else the latest earlier
        delivery; else the oldest expired waiter. No row at all means NOT_FOUND.
     """
     c = table.c
     run = bindparam("run", type_=c.run_id.type)
     matching = (
-        select(c.step_key, c.created_at, c.expires_at, c.delivered_at)
+        select(c.step_key, c.created_at, c.expires_at, c.delivered_at, c.claimed_at)
         .where(c.run_id == run, c.signal_name == bindparam("signal", type_=c.signal_name.type))
         .order_by(c.created_at, c.step_key)
         .with_for_update(key_share=True)
         .cte("matching")
     )
     m = matching.c
-    pending = and_(m.delivered_at.is_(None), or_(m.expires_at.is_(None), m.expires_at > func.now()))
+    pending = and_(
+        m.delivered_at.is_(None),
+        m.claimed_at.is_(None),
+        or_(m.expires_at.is_(None), m.expires_at > func.now()),
+    )
     target = (
         select(m.step_key).where(pending).order_by(m.created_at, m.step_key).limit(_ONE)
     ).scalar_subquery()
@@ -157,7 +353,7 @@ def _deliver(table: Table) -> ClauseElement:
             delivered_at=func.now(),
             payload_json=bindparam("payload", type_=c.payload_json.type),
         )
-        .returning(c.step_key, c.delivered_at)
+        .returning(c.step_key, c.delivered_at, _notify(table))
         .cte("delivered")
     )
 

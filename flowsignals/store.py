@@ -2,30 +2,51 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Connection, Engine
-from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 from sqlalchemy.orm import Session
 
 from flowsignals import statements as sql
 from flowsignals.engine import build_engine_and_pool
-from flowsignals.errors import InvalidArgumentError
+from flowsignals.errors import (
+    InvalidArgumentError,
+    WaiterExpiredError,
+    WaiterNotFoundError,
+    WaitTimeoutError,
+)
+from flowsignals.listener import Listener
 from flowsignals.pool import ConnectionPool, PrePing
-from flowsignals.results import DeliveryResult, DeliveryStatus, SignalWaiter
+from flowsignals.results import (
+    DeliveryResult,
+    DeliveryStatus,
+    SignalWaiter,
+    WaiterCounts,
+    WaiterCursor,
+    WaiterState,
+)
 from flowsignals.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    check_after,
     check_expires_at,
+    check_interval,
+    check_limit,
     check_max_payload_bytes,
     check_name,
+    check_older_than,
     check_payload,
     check_run_id,
+    check_state,
     check_timeout,
+    check_wait_conn,
 )
 
 #: What every public method accepts as ``conn``: a Connection or a Session of the caller's.
@@ -35,6 +56,17 @@ CallerConnection = Connection | Session
 _CURSOR_KEY = "flowsignals.cursor"
 
 _ROWS = psycopg.pq.ExecStatus.TUPLES_OK
+
+#: Default pause between table reads of a wait: with LISTEN, a safety net behind the
+#: notifications; without it (``listen=False``), the polling interval.
+DEFAULT_RECHECK_INTERVAL = 5.0
+DEFAULT_POLL_INTERVAL = 0.5
+
+#: Pause before reading again after a wait's read failed on a lost connection (seconds).
+_RETRY_AFTER_CONNECTION_ERROR = 0.25
+
+#: A wait wakes this long after a deadline, so the server's clock has surely passed it.
+_PAST_DEADLINE = timedelta(milliseconds=2)
 
 _OUTCOMES = {
     sql.OUTCOME_DELIVERED: DeliveryStatus.DELIVERED,
@@ -76,6 +108,12 @@ class PostgresSignalStore:
         verify_schema: Check at construction, in one short transaction of the store's own, that
             the database is at flowsignals' head revision (see
             :func:`flowsignals.migrations.check`).
+        listen: Let :meth:`wait_for_signal` be woken by LISTEN/NOTIFY, on one dedicated
+            connection per store. Turn off where LISTEN does not work (pgbouncer in transaction
+            pooling mode): waits then poll the table every ``poll_interval`` seconds.
+        recheck_interval: With ``listen``, how often (seconds) a wait reads the table even
+            without a notification; bounds how late a wait can be if a notification is lost.
+        poll_interval: Without ``listen``, how often (seconds) a wait reads the table.
 
     Raises:
         InvalidArgumentError: ``database`` or another argument is not acceptable.
@@ -95,12 +133,22 @@ class PostgresSignalStore:
         pool_timeout: float = 30.0,
         engine_options: Mapping[str, Any] | None = None,
         verify_schema: bool = False,
+        listen: bool = True,
+        recheck_interval: float = DEFAULT_RECHECK_INTERVAL,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         self._max_payload_bytes = check_max_payload_bytes(max_payload_bytes)
+        self._listen = bool(listen)
+        self._recheck_interval = check_interval("recheck_interval", recheck_interval)
+        self._poll_interval = check_interval("poll_interval", poll_interval)
+        self._listener_application_name = f"{application_name}-listener"[:63]
+        self._listener: Listener | None = None
+        self._listener_lock = threading.Lock()
         if schema is not None:
             check_name("schema", schema)
         self._schema = schema
         self._sql = sql.for_schema(schema)
+        self._channel = sql.notify_channel(schema)
         if isinstance(database, Engine):
             self._engine = database
             self._owns_engine = False
@@ -228,6 +276,7 @@ class PostgresSignalStore:
             "run": check_run_id(run_id),
             "signal": check_name("signal_name", signal_name),
             "payload": check_payload(payload_json, self._max_payload_bytes),
+            "channel": self._channel,
         }
         rows, _ = self._execute(conn, self._sql.deliver, params)
         if not rows:
@@ -260,24 +309,242 @@ class PostgresSignalStore:
     ) -> bool:
         """Delete the waiter of (run_id, step_key), delivered or not.
 
+        A wait on it ends with :class:`WaiterNotFoundError` once the removal commits.
+
         Returns:
             True if a waiter was removed, False if there was none.
 
         Raises:
             InvalidArgumentError: An argument broke its rule; nothing was removed.
         """
-        params = {"run": check_run_id(run_id), "step": check_name("step_key", step_key)}
-        _, count = self._execute(conn, self._sql.remove, params)
-        return count == 1
+        params = {
+            "run": check_run_id(run_id),
+            "step": check_name("step_key", step_key),
+            "channel": self._channel,
+        }
+        # One row back (the notification) per waiter removed.
+        rows, _ = self._execute(conn, self._sql.remove, params)
+        return len(rows) == 1
+
+    def wait_for_signal(
+        self,
+        run_id: uuid.UUID | str,
+        step_key: str,
+        *,
+        timeout: float | timedelta,
+        conn: CallerConnection | None = None,
+    ) -> SignalWaiter:
+        """Block until the waiter of (run_id, step_key) is delivered; return it, payload included.
+
+        Returns at once if it already was. With ``listen`` (the default) the wait is woken by a
+        notification the delivery sends on commit (never on rollback); it reads the table again
+        every ``recheck_interval`` seconds regardless, and at once whenever the listener
+        reconnects, so neither a killed listener connection nor a server restart loses a
+        delivery. With ``listen=False`` it reads the table every ``poll_interval`` seconds.
+        Reads that fail because the connection was lost are retried until the timeout.
+
+        Each read is its own transaction on a pooled connection, so a wait never holds a
+        connection or a snapshot while it sleeps.
+
+        Args:
+            run_id: The workflow run (a UUID, or a str holding one).
+            step_key: The step within the run.
+            timeout: Longest wait, in seconds or as a timedelta; 0 reads the table once.
+            conn: Must be ``None``: inside a caller's transaction the wait might never see
+                the delivery (its snapshot predates it), and would hold the transaction open.
+
+        Returns:
+            The delivered waiter (``payload_json`` and ``delivered_at`` set).
+
+        Raises:
+            InvalidArgumentError: An argument broke its rule, or ``conn`` was given.
+            WaitTimeoutError: ``timeout`` passed with the waiter still pending.
+            WaiterNotFoundError: There is no such waiter, or it was removed while waiting.
+            WaiterExpiredError: Its deadline passed (server clock) undelivered, or it was
+                claimed.
+        """
+        run = check_run_id(run_id)
+        step = check_name("step_key", step_key)
+        seconds = check_timeout("timeout", timeout)
+        check_wait_conn(conn)
+        deadline = time.monotonic() + seconds
+        if not self._listen:
+            return self._wait(run, step, seconds, deadline, None, self._poll_interval)
+        with self._get_listener().subscribe(run, step) as event:
+            return self._wait(run, step, seconds, deadline, event, self._recheck_interval)
+
+    def claim_expired(
+        self, *, limit: int = 100, conn: CallerConnection | None = None
+    ) -> list[SignalWaiter]:
+        """Claim up to ``limit`` waiters whose deadline has passed, for the caller to fail.
+
+        A waiter is claimable once its deadline is at or before the server's clock while it is
+        neither delivered nor claimed. Claiming stamps ``claimed_at`` and is final: the waiter
+        stays as a tombstone that :meth:`get_waiter` shows, a delivery to it returns EXPIRED,
+        re-registering it never clears the claim, and a wait on it raises
+        :class:`WaiterExpiredError`. Parallel claimers skip rows locked by one another (it is a
+        queue) so they never block each other and never get the same waiter twice; a delivery
+        racing a claim has exactly one outcome.
+
+        With ``conn`` the claim is part of the caller's transaction: fail the steps in it and
+        commit, or roll back and the waiters are claimable again.
+
+        Returns:
+            The claimed waiters (``claimed_at`` set), earliest deadline first.
+
+        Raises:
+            InvalidArgumentError: ``limit`` is not a positive int (at most 10,000).
+        """
+        params = {"limit": check_limit("limit", limit), "channel": self._channel}
+        rows, _ = self._execute(conn, self._sql.claim_expired, params)
+        waiters = [waiter_from_row(row[:-1]) for row in rows]
+        return sorted(waiters, key=lambda w: (w.expires_at, w.run_id, w.step_key))
+
+    def purge(
+        self,
+        *,
+        older_than: timedelta,
+        limit: int | None = None,
+        batch_size: int = 1000,
+        conn: CallerConnection | None = None,
+    ) -> int:
+        """Delete delivered and claimed waiters that finished more than ``older_than`` ago.
+
+        Finish time is ``delivered_at`` or ``claimed_at``, against the server's clock. Pending
+        and expired-but-unclaimed waiters are never deleted. Rows are deleted in batches of at
+        most ``batch_size``, each one statement; without ``conn`` each batch is its own short
+        transaction, so a large purge never holds many locks for long. Rows locked by another
+        transaction are skipped, not waited for (a later purge takes them). With ``conn`` the
+        batches run in the caller's transaction (and its locks last until it ends).
+
+        Args:
+            older_than: How long a waiter must have been finished (a non-negative timedelta).
+            limit: Most rows to delete in all, or ``None`` for no limit.
+            batch_size: Most rows per statement (at most 10,000).
+            conn: Run inside this caller's transaction instead of the store's own.
+
+        Returns:
+            How many waiters were deleted.
+
+        Raises:
+            InvalidArgumentError: An argument broke its rule; nothing was deleted.
+        """
+        age = check_older_than(older_than)
+        remaining = None if limit is None else check_limit("limit", limit, maximum=None)
+        batch = check_limit("batch_size", batch_size)
+        total = 0
+        while remaining is None or remaining > 0:
+            size = batch if remaining is None else min(batch, remaining)
+            _, deleted = self._execute(conn, self._sql.purge_batch, {"age": age, "batch": size})
+            total += deleted
+            if remaining is not None:
+                remaining -= deleted
+            if deleted < size:
+                break
+        return total
+
+    def list_waiters(
+        self,
+        *,
+        run_id: uuid.UUID | str | None = None,
+        signal_name: str | None = None,
+        state: WaiterState | str | None = None,
+        limit: int = 100,
+        after: SignalWaiter | WaiterCursor | None = None,
+        conn: CallerConnection | None = None,
+    ) -> list[SignalWaiter]:
+        """List waiters in a stable order, one keyset page at a time.
+
+        The order is (``created_at``, ``run_id``, ``step_key``). For the next page pass the
+        last waiter of this one (or its :attr:`SignalWaiter.cursor`) as ``after``: pages never
+        repeat or skip a waiter that exists throughout, however many are added meanwhile.
+
+        Args:
+            run_id: Only this run's waiters.
+            signal_name: Only waiters of this signal.
+            state: Only waiters in this :class:`WaiterState` (or its value, e.g. "pending"),
+                judged by the server's clock.
+            limit: Most waiters to return (1 to 10,000).
+            after: Start after this waiter or cursor.
+            conn: Run inside this caller's transaction instead of one of the store's own.
+
+        Raises:
+            InvalidArgumentError: An argument broke its rule.
+        """
+        params: dict[str, Any] = {"limit": check_limit("limit", limit)}
+        if run_id is not None:
+            params["run"] = check_run_id(run_id)
+        if signal_name is not None:
+            params["signal"] = check_name("signal_name", signal_name)
+        waiter_state = check_state(state)
+        cursor = check_after(after)
+        if cursor is not None:
+            params.update(
+                after_created=cursor.created_at,
+                after_run=cursor.run_id,
+                after_step=cursor.step_key,
+            )
+        statement = sql.list_waiters(
+            self._schema,
+            by_run=run_id is not None,
+            by_signal=signal_name is not None,
+            state=waiter_state,
+            after=cursor is not None,
+        )
+        rows, _ = self._execute(conn, statement, params)
+        return [waiter_from_row(row) for row in rows]
+
+    def count_waiters(
+        self,
+        *,
+        run_id: uuid.UUID | str | None = None,
+        signal_name: str | None = None,
+        conn: CallerConnection | None = None,
+    ) -> WaiterCounts:
+        """Count waiters by :class:`WaiterState`, in one statement.
+
+        Args:
+            run_id: Only this run's waiters.
+            signal_name: Only waiters of this signal (of every run, unless ``run_id`` is given).
+            conn: Run inside this caller's transaction instead of one of the store's own.
+
+        Raises:
+            InvalidArgumentError: An argument broke its rule.
+        """
+        params: dict[str, Any] = {}
+        if run_id is not None:
+            params["run"] = check_run_id(run_id)
+        if signal_name is not None:
+            params["signal"] = check_name("signal_name", signal_name)
+        if run_id is not None and signal_name is not None:
+            statement = self._sql.count_run_signal
+        elif run_id is not None:
+            statement = self._sql.count_run
+        elif signal_name is not None:
+            statement = self._sql.count_signal
+        else:
+            statement = self._sql.count
+        rows, _ = self._execute(conn, statement, params)
+        pending, delivered, expired, claimed = rows[0]
+        return WaiterCounts(pending, delivered, expired, claimed)
 
     def close(self) -> None:
-        """Close what the store built: its pool and engine. An Engine passed in is left alone."""
-        if not self._closed:
+        """Stop the listener and close what the store built: its pool and engine.
+
+        An Engine passed in is left alone. Waits still running after close fall back to
+        reading the table every ``recheck_interval`` seconds.
+        """
+        with self._listener_lock:
+            if self._closed:
+                return
             self._closed = True
-            if self._pool is not None:
-                self._pool.close()
-            if self._owns_engine:
-                self._engine.dispose()
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        if self._pool is not None:
+            self._pool.close()
+        if self._owns_engine:
+            self._engine.dispose()
 
     def __enter__(self) -> PostgresSignalStore:
         return self
@@ -307,8 +574,9 @@ class PostgresSignalStore:
         """
         if conn is not None:
             result = self._caller_connection(conn).exec_driver_sql(sql, params)
+            count = result.rowcount  # read first: consuming the rows closes the result
             rows = [tuple(row) for row in result] if result.returns_rows else []
-            return rows, result.rowcount
+            return rows, count
         if self._pool is not None:
             with self._pool.cursor() as cursor:
                 return self._run(cursor, sql, params)
@@ -367,6 +635,76 @@ class PostgresSignalStore:
         finally:
             pooled.close()
 
+    def _wait(
+        self,
+        run: uuid.UUID,
+        step: str,
+        timeout: float,
+        deadline: float,
+        event: threading.Event | None,
+        interval: float,
+    ) -> SignalWaiter:
+        params = {"run": run, "step": step}
+        while True:
+            if event is not None:
+                # Cleared before the read: a notification landing during it sets it again.
+                event.clear()
+            pause = interval
+            try:
+                rows, _ = self._execute(None, self._sql.poll, params)
+            except OperationalError as exc:
+                # The server went away (restart, terminated backend): the pool reconnects.
+                lost: OperationalError | None = exc
+                pause = min(interval, _RETRY_AFTER_CONNECTION_ERROR)
+            else:
+                lost = None
+                if not rows:
+                    raise WaiterNotFoundError(run, step)
+                server_now: datetime = rows[0][-1]
+                waiter = waiter_from_row(rows[0][:-1])
+                if waiter.delivered_at is not None:
+                    return waiter
+                expires_at = waiter.expires_at
+                if waiter.claimed_at is not None or (
+                    expires_at is not None and expires_at <= server_now
+                ):
+                    raise WaiterExpiredError(waiter)
+                if expires_at is not None:
+                    until_expiry = expires_at - server_now + _PAST_DEADLINE
+                    pause = min(pause, until_expiry.total_seconds())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeoutError(run, step, timeout) from lost
+            pause = min(pause, remaining)
+            if event is not None:
+                event.wait(pause)
+            else:
+                time.sleep(pause)
+
+    def _get_listener(self) -> Listener:
+        with self._listener_lock:
+            if self._listener is None:
+                listener = Listener(self._listener_connection, self._channel)
+                if self._closed:
+                    # Never started, never stopped: its waits poll every recheck_interval.
+                    listener.stop()
+                    return listener
+                self._listener = listener
+            return self._listener
+
+    def _listener_connection(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection to the engine's database, outside the pool."""
+        cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
+        params = dict(cparams)
+        params["application_name"] = self._listener_application_name
+        params.setdefault("connect_timeout", 10)
+        return psycopg.connect(*cargs, autocommit=True, **params)
+
+    @property
+    def listener(self) -> Listener | None:
+        """The store's listener, once a wait has started it (for monitoring and tests)."""
+        return self._listener
+
     def _caller_connection(self, conn: object) -> Connection:
         if isinstance(conn, Session):
             connection = conn.connection()
@@ -401,7 +739,7 @@ def _reusable_cursor(info: dict[Any, Any], driver: psycopg.Connection[Any]) -> p
 
 def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
     """Build a SignalWaiter from a row of :func:`flowsignals.statements.waiter_columns`."""
-    run_id, step_key, signal_name, created_at, expires_at, delivered_at, payload_json = row
+    run_id, step_key, signal_name, created_at, expires_at, delivered_at, payload_json, claimed = row
     return SignalWaiter(
         run_id=run_id,
         step_key=step_key,
@@ -410,6 +748,7 @@ def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
         expires_at=_utc(expires_at),
         delivered_at=_utc(delivered_at),
         payload_json=payload_json,
+        claimed_at=_utc(claimed),
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    and_,
     func,
 )
 
@@ -40,7 +41,7 @@ VERSION_TABLE = "flowsignals_alembic_version"
 def build_metadata(schema: str | None = None) -> MetaData:
     """Return a fresh MetaData holding the waiter table, optionally in ``schema``."""
     metadata = MetaData(naming_convention=NAMING_CONVENTION, schema=schema)
-    Table(
+    table = Table(
         TABLE_NAME,
         metadata,
         Column("run_id", Uuid(as_uuid=True), nullable=False),
@@ -55,10 +56,27 @@ def build_metadata(schema: str | None = None) -> MetaData:
         Column("expires_at", DateTime(timezone=True), nullable=True),
         Column("delivered_at", DateTime(timezone=True), nullable=True),
         Column("payload_json", Text, nullable=True),
+        Column("claimed_at", DateTime(timezone=True), nullable=True),
         PrimaryKeyConstraint("run_id", "step_key"),
         # Serves deliver_signal: all waiters of one (run, signal), read in creation order.
         Index(None, "run_id", "signal_name", "created_at"),
+        # Serves list_waiters: keyset pages in (created_at, run_id, step_key) order.
+        Index(None, "created_at", "run_id", "step_key"),
     )
+    c = table.c
+    # The partial indexes below hold only the rows their operation looks for, so claim_expired
+    # and purge never scan the table, and a delivery leaves the "due" index instead of growing it.
+    # claim_expired: unfinished waiters that have a deadline, in deadline order.
+    Index(
+        None,
+        c.expires_at,
+        postgresql_where=and_(
+            c.expires_at.is_not(None), c.delivered_at.is_(None), c.claimed_at.is_(None)
+        ),
+    )
+    # purge: finished waiters by finish time (a waiter is delivered or claimed, never both).
+    Index(None, c.delivered_at, postgresql_where=c.delivered_at.is_not(None))
+    Index(None, c.claimed_at, postgresql_where=c.claimed_at.is_not(None))
     return metadata
 
 

@@ -13,7 +13,11 @@ from datetime import datetime, timedelta, timezone
 from typing import NoReturn
 
 from flowsignals.errors import InvalidArgumentError
+from flowsignals.results import SignalWaiter, WaiterCursor, WaiterState
 from flowsignals.tables import NAME_MAX_LENGTH
+
+#: Largest ``limit`` of one list or claim, and largest purge batch.
+MAX_PAGE = 10_000
 
 #: Payload size limit when none is given: 1 MiB of UTF-8.
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -118,6 +122,77 @@ def check_timeout(argument: str, value: object) -> float:
     if not 0 <= seconds < float("inf"):
         _fail(argument, f"must be finite and not negative, not {value!r}")
     return seconds
+
+
+def check_interval(argument: str, value: object) -> float:
+    """Check a polling interval in seconds: a positive, finite int or float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(argument, f"must be seconds (int or float), not {type(value).__name__}")
+    if not 0 < value < float("inf"):
+        _fail(argument, f"must be positive and finite, not {value!r}")
+    return float(value)
+
+
+def check_limit(argument: str, value: object, *, maximum: int | None = MAX_PAGE) -> int:
+    """Check a row count: a positive int, at most ``maximum`` unless that is None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(argument, f"must be a positive int, not {type(value).__name__}")
+    if value <= 0:
+        _fail(argument, f"must be a positive int, not {value}")
+    if maximum is not None and value > maximum:
+        _fail(argument, f"must be at most {maximum}, not {value}")
+    return value
+
+
+def check_older_than(value: object) -> timedelta:
+    """Check a purge age: a timedelta, not negative."""
+    if not isinstance(value, timedelta):
+        _fail("older_than", f"must be a timedelta, not {type(value).__name__}")
+    if value < timedelta(0):
+        _fail("older_than", f"must not be negative, not {value}")
+    return value
+
+
+def check_state(value: object) -> WaiterState | None:
+    """Check a waiter state filter: a WaiterState, its string value, or None."""
+    if value is None or isinstance(value, WaiterState):
+        return value
+    if isinstance(value, str):
+        try:
+            return WaiterState(value)
+        except ValueError:
+            pass
+    names = ", ".join(state.value for state in WaiterState)
+    _fail("state", f"must be one of {names} (or a WaiterState), not {value!r}")
+
+
+def check_after(value: object) -> WaiterCursor | None:
+    """Check a keyset position: a SignalWaiter (the last of a page), a WaiterCursor, or None."""
+    if value is None:
+        return None
+    if isinstance(value, SignalWaiter):
+        return value.cursor
+    if isinstance(value, WaiterCursor):
+        check_run_id(value.run_id)
+        check_name("after.step_key", value.step_key)
+        created = value.created_at
+        if not isinstance(created, datetime) or created.utcoffset() is None:
+            _fail("after", "must hold a timezone-aware created_at")
+        return value
+    _fail(
+        "after",
+        f"must be a SignalWaiter, a WaiterCursor or None, not {type(value).__name__}",
+    )
+
+
+def check_wait_conn(conn: object) -> None:
+    """Refuse a caller's connection for a wait."""
+    if conn is not None:
+        _fail(
+            "conn",
+            "must not be given to wait_for_signal: inside a transaction the wait could never "
+            "see the delivery (its snapshot predates it); wait outside any transaction",
+        )
 
 
 def _reject_constant(name: str) -> NoReturn:

@@ -346,6 +346,7 @@ def test_a_connection_left_busy_by_an_error_is_dropped_not_pooled(
     # On the store's own pool (a caller's engine with pre-ping would run the patched execute
     # for its ping, too).
     store = pg_store
+
     # A FATAL message read before libpq sees the close leaves the connection ACTIVE with the
     # error raised. Simulated here: the statement fails with a query still in flight. Handed
     # back to the pool, that connection failed later calls with "another command is already

@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from flowsignals import statements
+from flowsignals.statements import CHANNEL
 
 ROWS = 20_000
 TABLE = "flow_signal_waiters"
@@ -50,9 +51,9 @@ def _params(name: str) -> dict[str, object]:
     run = uuid.uuid4()
     return {
         "register": {"run": run, "step": "step-1", "signal": "signal-1", "deadline": None},
-        "deliver": {"run": run, "signal": "signal-1", "payload": "{}"},
+        "deliver": {"run": run, "signal": "signal-1", "payload": "{}", "channel": CHANNEL},
         "get": {"run": run, "step": "step-1"},
-        "remove": {"run": run, "step": "step-1"},
+        "remove": {"run": run, "step": "step-1", "channel": CHANNEL},
     }[name]
 
 

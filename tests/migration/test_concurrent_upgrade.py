@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import NullPool, create_engine, text
 
+from flowsignals import migrations
 from flowsignals.tables import VERSION_TABLE
 from flowsignals.urls import to_sqlalchemy_url
 
@@ -78,7 +79,7 @@ def test_concurrent_upgrades_all_succeed_and_apply_once(databases: Databases) ->
             try:
                 with engine.connect() as conn:
                     rows = conn.execute(text(f"SELECT version_num FROM tenant.{VERSION_TABLE}"))
-                    assert [tuple(row) for row in rows] == [("fs_0001",)]
+                    assert [tuple(row) for row in rows] == [(migrations.HEAD,)]
             finally:
                 engine.dispose()
         finally:

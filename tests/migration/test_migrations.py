@@ -25,6 +25,22 @@ from flowsignals.urls import to_sqlalchemy_url
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC = Path(sys.executable).with_name("alembic")
 INDEX_NAME = "ix_flow_signal_waiters_run_id_signal_name_created_at"
+#: Every index at head, with its columns and partial-index predicate.
+HEAD_INDEXES = [
+    ("ix_flow_signal_waiters_claimed_at", ["claimed_at"], "(claimed_at IS NOT NULL)"),
+    (
+        "ix_flow_signal_waiters_created_at_run_id_step_key",
+        ["created_at", "run_id", "step_key"],
+        None,
+    ),
+    ("ix_flow_signal_waiters_delivered_at", ["delivered_at"], "(delivered_at IS NOT NULL)"),
+    (
+        "ix_flow_signal_waiters_expires_at",
+        ["expires_at"],
+        "((expires_at IS NOT NULL) AND (delivered_at IS NULL) AND (claimed_at IS NULL))",
+    ),
+    (INDEX_NAME, ["run_id", "signal_name", "created_at"], None),
+]
 
 #: Nothing listens on port 1: proves offline mode never connects.
 UNREACHABLE_URL = "postgresql://nobody@127.0.0.1:1/nowhere"
@@ -78,7 +94,7 @@ def test_upgrade_head_builds_exactly_the_declared_schema(
     migrations.upgrade(empty_database_url)
 
     assert _diff(db) == []
-    assert migrations.current(empty_database_url) == migrations.HEAD == "fs_0001"
+    assert migrations.current(empty_database_url) == migrations.HEAD == "fs_0002"
     assert _tables(db) == {TABLE_NAME, VERSION_TABLE}
     inspector = inspect(db)
     pk = inspector.get_pk_constraint(TABLE_NAME)
@@ -86,9 +102,11 @@ def test_upgrade_head_builds_exactly_the_declared_schema(
         "pk_flow_signal_waiters",
         ["run_id", "step_key"],
     )
-    assert [(ix["name"], ix["column_names"]) for ix in inspector.get_indexes(TABLE_NAME)] == [
-        (INDEX_NAME, ["run_id", "signal_name", "created_at"])
+    indexes = [
+        (ix["name"], ix["column_names"], ix["dialect_options"].get("postgresql_where"))
+        for ix in inspector.get_indexes(TABLE_NAME)
     ]
+    assert sorted(indexes) == HEAD_INDEXES
 
 
 def test_upgrade_is_idempotent(db: Engine, empty_database_url: str) -> None:
@@ -97,7 +115,7 @@ def test_upgrade_is_idempotent(db: Engine, empty_database_url: str) -> None:
 
     with db.connect() as conn:
         rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(row) for row in rows] == [("fs_0001",)]
+    assert [tuple(row) for row in rows] == [(migrations.HEAD,)]
 
 
 def test_upgrade_into_a_schema_puts_table_and_version_table_there(
@@ -108,7 +126,7 @@ def test_upgrade_into_a_schema_puts_table_and_version_table_there(
     assert _diff(db, "tenant_a") == []
     assert _tables(db, "tenant_a") == {TABLE_NAME, VERSION_TABLE}
     assert _tables(db, "public") == set()
-    assert migrations.current(empty_database_url, schema="tenant_a") == "fs_0001"
+    assert migrations.current(empty_database_url, schema="tenant_a") == migrations.HEAD
     assert migrations.current(empty_database_url) is None
 
     migrations.downgrade(empty_database_url, schema="tenant_a", revision="base")
@@ -174,7 +192,7 @@ def test_with_a_caller_connection_the_caller_decides_commit(
 ) -> None:
     with db.connect() as conn:
         migrations.upgrade(conn)
-        assert migrations.current(conn) == "fs_0001"
+        assert migrations.current(conn) == migrations.HEAD
         conn.rollback()
     assert migrations.current(empty_database_url) is None
     assert _tables(db) == set()
@@ -182,7 +200,7 @@ def test_with_a_caller_connection_the_caller_decides_commit(
     with db.connect() as conn:
         migrations.upgrade(conn)
         conn.commit()
-    assert migrations.current(empty_database_url) == "fs_0001"
+    assert migrations.current(empty_database_url) == migrations.HEAD
 
 
 def test_socket_form_urls_work(
@@ -199,7 +217,7 @@ def test_socket_form_urls_work(
 
     migrations.upgrade(query_form)
 
-    assert migrations.current(encoded_form) == "fs_0001"
+    assert migrations.current(encoded_form) == migrations.HEAD
     with create_engine(to_sqlalchemy_url(query_form), poolclass=NullPool).connect() as conn:
         # A unix-socket connection has no server IP address.
         assert conn.execute(text("SELECT inet_server_addr()")).scalar_one() is None
@@ -212,11 +230,12 @@ def test_alembic_cli_upgrades_and_downgrades(db: Engine, empty_database_url: str
     upgraded = _alembic("upgrade", "head", url=empty_database_url)
     assert upgraded.returncode == 0, upgraded.stderr
     assert "Running upgrade  -> fs_0001" in upgraded.stderr
+    assert "Running upgrade fs_0001 -> fs_0002" in upgraded.stderr
     assert _diff(db) == []
 
     current = _alembic("current", url=empty_database_url)
     assert current.returncode == 0, current.stderr
-    assert current.stdout.strip() == "fs_0001 (head)"
+    assert current.stdout.strip() == "fs_0002 (head)"
 
     checked = _alembic("check", url=empty_database_url)
     assert checked.returncode == 0, checked.stderr
@@ -233,7 +252,7 @@ def test_alembic_cli_takes_url_and_schema_as_x_arguments(
     url = db.url.render_as_string(hide_password=False)  # the postgresql+psycopg:// form
     upgraded = _alembic("-x", f"url={url}", "-x", "schema=fs", "upgrade", "head", url=None)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert migrations.current(empty_database_url, schema="fs") == "fs_0001"
+    assert migrations.current(empty_database_url, schema="fs") == migrations.HEAD
     assert _tables(db, "fs") == {TABLE_NAME, VERSION_TABLE}
 
 
@@ -272,6 +291,25 @@ CREATE INDEX {INDEX_NAME} ON tenant_b.flow_signal_waiters (run_id, signal_name, 
 
 INSERT INTO tenant_b.flowsignals_alembic_version (version_num) VALUES ('fs_0001') \
 RETURNING tenant_b.flowsignals_alembic_version.version_num;
+
+-- Running upgrade fs_0001 -> fs_0002
+
+ALTER TABLE tenant_b.flow_signal_waiters ADD COLUMN claimed_at TIMESTAMP WITH TIME ZONE;
+
+CREATE INDEX IF NOT EXISTS ix_flow_signal_waiters_created_at_run_id_step_key \
+ON tenant_b.flow_signal_waiters (created_at, run_id, step_key);
+
+CREATE INDEX IF NOT EXISTS ix_flow_signal_waiters_expires_at ON tenant_b.flow_signal_waiters \
+(expires_at) WHERE expires_at IS NOT NULL AND delivered_at IS NULL AND claimed_at IS NULL;
+
+CREATE INDEX IF NOT EXISTS ix_flow_signal_waiters_delivered_at \
+ON tenant_b.flow_signal_waiters (delivered_at) WHERE delivered_at IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS ix_flow_signal_waiters_claimed_at \
+ON tenant_b.flow_signal_waiters (claimed_at) WHERE claimed_at IS NOT NULL;
+
+UPDATE tenant_b.flowsignals_alembic_version SET version_num='fs_0002' \
+WHERE tenant_b.flowsignals_alembic_version.version_num = 'fs_0001';
 
 COMMIT;
 
