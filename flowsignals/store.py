@@ -11,9 +11,8 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
-from sqlalchemy import URL, Connection, Engine
-from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy import URL, Engine
+from sqlalchemy.exc import OperationalError
 
 from flowsignals import statements as sql
 from flowsignals.engine import build_engine_and_pool
@@ -23,6 +22,7 @@ from flowsignals.errors import (
     WaiterNotFoundError,
     WaitTimeoutError,
 )
+from flowsignals.executor import CallerConnection, Executor
 from flowsignals.listener import Listener
 from flowsignals.pool import ConnectionPool, PrePing
 from flowsignals.results import (
@@ -48,14 +48,6 @@ from flowsignals.validation import (
     check_timeout,
     check_wait_conn,
 )
-
-#: What every public method accepts as ``conn``: a Connection or a Session of the caller's.
-CallerConnection = Connection | Session
-
-#: Key of the cursor kept in a pooled connection's ``info`` (see :func:`_reusable_cursor`).
-_CURSOR_KEY = "flowsignals.cursor"
-
-_ROWS = psycopg.pq.ExecStatus.TUPLES_OK
 
 #: Default pause between table reads of a wait: with LISTEN, a safety net behind the
 #: notifications; without it (``listen=False``), the polling interval.
@@ -183,6 +175,7 @@ class PostgresSignalStore:
                 "database",
                 f"must be a URL string or a sqlalchemy.Engine, not {type(database).__name__}",
             )
+        self._executor = Executor(self._engine, self._pool, self._prepare)
         self._closed = False
         if verify_schema:
             # Imported here: only stores that check the revision need Alembic loaded.
@@ -240,7 +233,7 @@ class PostgresSignalStore:
             "signal": check_name("signal_name", signal_name),
             "deadline": check_expires_at(expires_at),
         }
-        self._execute(conn, self._sql.register, params)
+        self._executor.execute(conn, self._sql.register, params)
 
     def deliver_signal(
         self,
@@ -278,7 +271,7 @@ class PostgresSignalStore:
             "payload": check_payload(payload_json, self._max_payload_bytes),
             "channel": self._channel,
         }
-        rows, _ = self._execute(conn, self._sql.deliver, params)
+        rows, _ = self._executor.execute(conn, self._sql.deliver, params)
         if not rows:
             return DeliveryResult(DeliveryStatus.NOT_FOUND)
         outcome, step_key, delivered_at = rows[0]
@@ -297,7 +290,7 @@ class PostgresSignalStore:
             InvalidArgumentError: An argument broke its rule.
         """
         params = {"run": check_run_id(run_id), "step": check_name("step_key", step_key)}
-        rows, _ = self._execute(conn, self._sql.get, params)
+        rows, _ = self._executor.execute(conn, self._sql.get, params)
         return waiter_from_row(rows[0]) if rows else None
 
     def remove_waiter(
@@ -323,7 +316,7 @@ class PostgresSignalStore:
             "channel": self._channel,
         }
         # One row back (the notification) per waiter removed.
-        rows, _ = self._execute(conn, self._sql.remove, params)
+        rows, _ = self._executor.execute(conn, self._sql.remove, params)
         return len(rows) == 1
 
     def wait_for_signal(
@@ -396,7 +389,7 @@ class PostgresSignalStore:
             InvalidArgumentError: ``limit`` is not a positive int (at most 10,000).
         """
         params = {"limit": check_limit("limit", limit), "channel": self._channel}
-        rows, _ = self._execute(conn, self._sql.claim_expired, params)
+        rows, _ = self._executor.execute(conn, self._sql.claim_expired, params)
         waiters = [waiter_from_row(row[:-1]) for row in rows]
         return sorted(waiters, key=lambda w: (w.expires_at, w.run_id, w.step_key))
 
@@ -435,7 +428,9 @@ class PostgresSignalStore:
         total = 0
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)
-            _, deleted = self._execute(conn, self._sql.purge_batch, {"age": age, "batch": size})
+            _, deleted = self._executor.execute(
+                conn, self._sql.purge_batch, {"age": age, "batch": size}
+            )
             total += deleted
             if remaining is not None:
                 remaining -= deleted
@@ -491,7 +486,7 @@ class PostgresSignalStore:
             state=waiter_state,
             after=cursor is not None,
         )
-        rows, _ = self._execute(conn, statement, params)
+        rows, _ = self._executor.execute(conn, statement, params)
         return [waiter_from_row(row) for row in rows]
 
     def count_waiters(
@@ -524,7 +519,7 @@ class PostgresSignalStore:
             statement = self._sql.count_signal
         else:
             statement = self._sql.count
-        rows, _ = self._execute(conn, statement, params)
+        rows, _ = self._executor.execute(conn, statement, params)
         pending, delivered, expired, claimed = rows[0]
         return WaiterCounts(pending, delivered, expired, claimed)
 
@@ -561,80 +556,6 @@ class PostgresSignalStore:
         url = self._engine.url.render_as_string(hide_password=True)
         return f"<PostgresSignalStore {url} schema={self._schema!r}>"
 
-    def _execute(
-        self, conn: CallerConnection | None, sql: str, params: Mapping[str, Any]
-    ) -> tuple[list[tuple[Any, ...]], int]:
-        """Run one statement; return its rows (empty for no result set) and its row count.
-
-        The one place that decides transaction ownership. A caller's connection is used as it
-        is, inside the caller's transaction, and never committed, rolled back or closed.
-        Otherwise one pooled connection runs the single statement in autocommit, which is its
-        own transaction: no BEGIN and COMMIT round trips, and no SQLAlchemy Connection to set
-        up (that layer costs more than the statement itself on a fast server).
-        """
-        if conn is not None:
-            result = self._caller_connection(conn).exec_driver_sql(sql, params)
-            count = result.rowcount  # read first: consuming the rows closes the result
-            rows = [tuple(row) for row in result] if result.returns_rows else []
-            return rows, count
-        if self._pool is not None:
-            with self._pool.cursor() as cursor:
-                return self._run(cursor, sql, params)
-        return self._execute_on_engine(sql, params)
-
-    def _run(
-        self, cursor: psycopg.Cursor[Any], sql: str, params: Mapping[str, Any]
-    ) -> tuple[list[tuple[Any, ...]], int]:
-        try:
-            cursor.execute(sql, params, prepare=self._prepare)
-        except psycopg.Error as exc:
-            # The same exception a caller's own SQLAlchemy connection would raise, so one
-            # handler serves both paths. A connection that is broken, or not idle after the
-            # error, is not reused (the pool checks on return).
-            driver = cursor.connection
-            invalidated = driver.broken or not _idle(driver)
-            raise DBAPIError.instance(
-                sql, dict(params), exc, psycopg.Error, connection_invalidated=invalidated
-            ) from exc
-        # The result status, not ``cursor.description``, which builds column objects.
-        result = cursor.pgresult
-        rows = cursor.fetchall() if result is not None and result.status == _ROWS else []
-        return rows, cursor.rowcount
-
-    def _execute_on_engine(
-        self, sql: str, params: Mapping[str, Any]
-    ) -> tuple[list[tuple[Any, ...]], int]:
-        """Run one statement in autocommit on a connection of the caller's engine's pool."""
-        try:
-            pooled = self._engine.raw_connection()
-        except psycopg.Error as exc:
-            # Connecting failed: raised as SQLAlchemy raises it from engine.connect().
-            raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
-        except InvalidRequestError as exc:
-            # The pool's checkout check refused a new connection three times in a row (each
-            # died at once); SQLAlchemy says so with an InvalidRequestError. It is a lost
-            # connection like any other: raise the same OperationalError.
-            lost = psycopg.OperationalError(f"no live connection after repeated attempts: {exc}")
-            raise DBAPIError.instance(
-                None, None, lost, psycopg.Error, connection_invalidated=True
-            ) from exc
-        try:
-            driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
-            restore = not driver.autocommit
-            if restore:
-                driver.autocommit = True
-            try:
-                return self._run(_reusable_cursor(pooled.info, driver), sql, params)
-            finally:
-                if restore and _idle(driver):
-                    driver.autocommit = False
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                pooled.invalidate(exc.orig)
-            raise
-        finally:
-            pooled.close()
-
     def _wait(
         self,
         run: uuid.UUID,
@@ -651,7 +572,7 @@ class PostgresSignalStore:
                 event.clear()
             pause = interval
             try:
-                rows, _ = self._execute(None, self._sql.poll, params)
+                rows, _ = self._executor.execute(None, self._sql.poll, params)
             except OperationalError as exc:
                 # The server went away (restart, terminated backend): the pool reconnects.
                 lost: OperationalError | None = exc
@@ -705,37 +626,6 @@ class PostgresSignalStore:
         """The store's listener, once a wait has started it (for monitoring and tests)."""
         return self._listener
 
-    def _caller_connection(self, conn: object) -> Connection:
-        if isinstance(conn, Session):
-            connection = conn.connection()
-        elif isinstance(conn, Connection):
-            connection = conn
-        else:
-            raise InvalidArgumentError(
-                "conn",
-                f"must be a sqlalchemy Connection or Session, or None, not {type(conn).__name__}",
-            )
-        if connection.dialect.driver != "psycopg":
-            raise InvalidArgumentError(
-                "conn",
-                f"must use the psycopg (3) driver, not {connection.dialect.driver}",
-            )
-        return connection
-
-
-def _reusable_cursor(info: dict[Any, Any], driver: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-    """Return the cursor kept with this pooled connection, creating it on first use.
-
-    Building a cursor per statement was a measurable share of a call's client-side cost. A
-    pooled connection is checked out by one thread at a time, so its cursor is too. It holds
-    the last result until the next statement on that connection (at most one per pooled
-    connection). The identity check drops a cursor left from a connection the pool replaced.
-    """
-    cursor: psycopg.Cursor[Any] | None = info.get(_CURSOR_KEY)
-    if cursor is None or cursor.connection is not driver or cursor.closed:
-        cursor = info[_CURSOR_KEY] = driver.cursor(binary=True)
-    return cursor
-
 
 def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
     """Build a SignalWaiter from a row of :func:`flowsignals.statements.waiter_columns`."""
@@ -750,10 +640,6 @@ def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
         payload_json=payload_json,
         claimed_at=_utc(claimed),
     )
-
-
-def _idle(driver: psycopg.Connection[Any]) -> bool:
-    return not driver.closed and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def _utc(value: datetime | None) -> datetime | None:
