@@ -5,14 +5,17 @@ The grants are the ones docs/guarantees.md lists:
     GRANT USAGE ON SCHEMA <schema> TO <runtime role>;
     GRANT SELECT, INSERT, UPDATE, DELETE ON <schema>.flow_signal_waiters TO <runtime role>;
 
-Pending on issue 4: wait_for_signal, claim_expired, purge and list_waiters join the operations
-run as the runtime role (and LISTEN needs no grant).
+Every operation runs as that role, wait_for_signal included: LISTEN, and the ``pg_notify``
+inside deliveries, removals and claims, need no grant of their own.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -21,9 +24,17 @@ from psycopg import sql
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import ProgrammingError
 
-from flowsignals import DeliveryStatus, PostgresSignalStore, migrations
+from flowsignals import (
+    DeliveryStatus,
+    PostgresSignalStore,
+    SignalWaiter,
+    WaiterCounts,
+    WaiterExpiredError,
+    WaiterState,
+    migrations,
+)
 from flowsignals.urls import to_sqlalchemy_url
-from tests.integration.faults import admin_connection
+from tests.integration.faults import admin_connection, wait_until
 
 RUNTIME_GRANTS = [
     "GRANT USAGE ON SCHEMA public TO {role}",
@@ -75,6 +86,7 @@ def test_the_runtime_grants_are_enough_for_every_operation(
 ) -> None:
     url = _as_role(database_url, runtime_role)
     run = uuid.uuid4()
+    past = datetime.now(timezone.utc) - timedelta(hours=1)
     with PostgresSignalStore(url) as store:
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT current_user").scalar() == runtime_role
@@ -87,11 +99,76 @@ def test_the_runtime_grants_are_enough_for_every_operation(
         waiter = store.get_waiter(run, "a")
         assert waiter is not None and waiter.payload_json == '{"ok": true}'
         assert store.remove_waiter(run, "b") is True
+
+        store.register_waiter(run, "late", "sig-late", past)
+        (claimed,) = store.claim_expired()
+        assert (claimed.step_key, claimed.claimed_at is not None) == ("late", True)
+        assert [w.step_key for w in store.list_waiters(run_id=run)] == ["a", "late"]
+        assert store.list_waiters(state=WaiterState.CLAIMED) == [claimed]
+        assert store.count_waiters(run_id=run) == WaiterCounts(delivered=1, claimed=1)
+        assert store.purge(older_than=timedelta(0)) == 2
+        assert store.count_waiters() == WaiterCounts()
+
         with store.engine.begin() as conn:
             store.register_waiter(run, "c", "sig", conn=conn)
             assert store.deliver_signal(run, "sig", "1", conn=conn).step_key == "c"
             assert store.get_waiter(run, "c", conn=conn) is not None
             assert store.remove_waiter(run, "c", conn=conn) is True
+            store.register_waiter(run, "d", "sig-d", past, conn=conn)
+            assert [w.step_key for w in store.claim_expired(conn=conn)] == ["d"]
+            assert store.count_waiters(conn=conn) == WaiterCounts(claimed=1)
+            assert len(store.list_waiters(conn=conn)) == 1
+            assert store.purge(older_than=timedelta(0), conn=conn) == 0  # claimed this instant
+
+
+def test_the_runtime_role_waits_with_listen_notify(
+    database_url: str, runtime_role: str, pg_url: str
+) -> None:
+    # The listener connects as the runtime role and LISTENs without any grant; a delivery's
+    # and a claim's pg_notify wake the waits (the recheck is an hour, so only a notification
+    # can end them this soon).
+    url = _as_role(database_url, runtime_role)
+    run = uuid.uuid4()
+    with PostgresSignalStore(url, recheck_interval=3600) as store:
+        store.register_waiter(run, "a", "sig")
+        store.register_waiter(
+            run, "late", "sig-late", datetime.now(timezone.utc) + timedelta(hours=1)
+        )
+        outcomes: dict[str, object] = {}
+
+        def wait(step: str) -> None:
+            try:
+                outcomes[step] = store.wait_for_signal(run, step, timeout=60)
+            except WaiterExpiredError as exc:
+                outcomes[step] = exc
+
+        threads = [threading.Thread(target=wait, args=(step,)) for step in ("a", "late")]
+        for thread in threads:
+            thread.start()
+        wait_until(
+            lambda: store.listener is not None and store.listener.backend_pid is not None,
+            "the listener to LISTEN",
+        )
+        assert store.listener is not None
+        with admin_connection(pg_url) as admin:
+            listening = admin.execute(
+                "SELECT usename FROM pg_stat_activity WHERE pid = %s",
+                (store.listener.backend_pid,),
+            ).fetchall()
+        assert listening == [(runtime_role,)]
+        time.sleep(0.1)
+        assert store.deliver_signal(run, "sig", '"granted"').delivered
+        # The deadline moves into the past (re-registering sends no notification), then the
+        # claim's notification ends the wait.
+        store.register_waiter(run, "late", "sig-late", datetime.now(timezone.utc) - timedelta(1))
+        assert [w.step_key for w in store.claim_expired()] == ["late"]
+        for thread in threads:
+            thread.join(30)
+            assert not thread.is_alive(), "a wait was not woken"
+    returned = outcomes["a"]
+    assert isinstance(returned, SignalWaiter) and returned.payload_json == '"granted"'
+    expired = outcomes["late"]
+    assert isinstance(expired, WaiterExpiredError) and expired.waiter.claimed_at is not None
 
 
 def test_migrations_need_more_than_the_runtime_grants(
