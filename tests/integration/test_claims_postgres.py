@@ -164,7 +164,7 @@ def test_purge_judges_age_by_the_servers_clock(
 
 
 def test_purge_runs_in_batches_of_one_statement_each(
-    pg_store: PostgresSignalStore, engine: Engine
+    pg_store: PostgresSignalStore, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = uuid.uuid4()
     with engine.begin() as conn:
@@ -173,13 +173,13 @@ def test_purge_runs_in_batches_of_one_statement_each(
             pg_store.deliver_signal(run, f"sig{index}", "{}", conn=conn)
     _backdate(engine, run, "delivered_at", timedelta(days=1))
     statements: list[str] = []
-    real_execute = pg_store._execute
+    real_execute = pg_store._executor.execute
 
     def counting(conn: Any, statement: str, params: Any) -> Any:
         statements.append(statement)
         return real_execute(conn, statement, params)
 
-    pg_store._execute = counting  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(pg_store._executor, "execute", counting)
     assert pg_store.purge(older_than=timedelta(hours=1), batch_size=10) == 25
     assert len(statements) == 3  # 10 + 10 + 5: the short batch ends it
 
