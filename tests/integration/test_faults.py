@@ -4,9 +4,11 @@ Each case states its exact expected outcome. A call that loses its connection ra
 ``sqlalchemy.exc.OperationalError`` with ``connection_invalidated`` set (wrapping psycopg's
 ``OperationalError``), never hangs, and the next call on the same store succeeds.
 
-Pending on issue 4 (wait_for_signal and the listener): "a server restart while waits are
-pending returns their payloads" and "a killed listener connection: pending waits return within
-the re-check bound" slot in here once those operations exist.
+Waits: pending waits return their payloads across a server restart (delivered just before it
+or after it), and when the listener's connection is killed they return within the re-check
+bound, even if the listener can never reconnect. Claims: a claim killed mid-statement claimed
+nothing, and its retry claims each waiter once; under random kills no waiter is ever handed
+to two claimers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -26,7 +29,14 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
-from flowsignals import DeliveryResult, DeliveryStatus, PostgresSignalStore
+from flowsignals import (
+    DeliveryResult,
+    DeliveryStatus,
+    PostgresSignalStore,
+    SignalWaiter,
+    WaiterCounts,
+    WaiterState,
+)
 from flowsignals.urls import to_sqlalchemy_url
 from tests.integration.faults import (
     admin_connection,
@@ -97,11 +107,20 @@ def _fill_pool(store: PostgresSignalStore, size: int) -> None:
         conn.close()
 
 
+def _ago(hours: float = 1) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(hours=hours)
+
+
 OPERATIONS: dict[str, Callable[[PostgresSignalStore, uuid.UUID, int], object]] = {
     "register": lambda s, run, i: s.register_waiter(run, f"step-{i}", "sig"),
     "deliver": lambda s, run, i: s.deliver_signal(run, "sig", f'{{"i": {i}}}'),
     "get": lambda s, run, i: s.get_waiter(run, f"step-{i}"),
     "remove": lambda s, run, i: s.remove_waiter(run, f"step-{i}"),
+    "claim": lambda s, run, i: s.claim_expired(limit=1),
+    "purge": lambda s, run, i: s.purge(older_than=timedelta(0), batch_size=1),
+    "list": lambda s, run, i: s.list_waiters(run_id=run, limit=2),
+    "count": lambda s, run, i: s.count_waiters(run_id=run),
+    "wait": lambda s, run, i: s.wait_for_signal(run, f"delivered-{i}", timeout=0),
 }
 
 
@@ -116,12 +135,22 @@ def test_killed_pooled_connections_are_replaced_before_the_next_call(
     call = OPERATIONS[operation]
     for i in range(5):
         store.register_waiter(run, f"step-{i}", "sig")
+        # Material for claim, purge and wait: three expired waiters and a delivered one.
+        for j in range(3):
+            store.register_waiter(run, f"late-{i}-{j}", "late", _ago())
+        store.register_waiter(run, f"delivered-{i}", f"sig-{i}")
+        store.deliver_signal(run, f"sig-{i}", "{}")
         _fill_pool(store, 3)
         assert terminate(admin, app_name) == 3
         # Every pooled connection is dead; each call must get a live one without an error.
         for _ in range(3):
             call(store, run, i)
     assert store.get_waiter(run, "step-4") is not None or operation == "remove"
+    counts = store.count_waiters(run_id=run)
+    if operation == "claim":
+        assert (counts.expired, counts.claimed) == (0, 15)  # one per call, each exactly once
+    if operation == "purge":
+        assert (counts.delivered, counts.claimed) == (0, 0)
 
 
 def test_every_call_after_the_kill_sees_the_data_from_before(
@@ -449,3 +478,278 @@ def test_a_restart_under_load_loses_nothing(
             assert waiter is not None and waiter.payload_json == payload
     delivered = sum(map(len, told.values()))
     print(f"\nrestart under load: delivered={delivered} failed={dict(failures)}")
+
+
+# Waits ----------------------------------------------------------------------------------
+
+#: Generous upper bound on how late a wait may return after its delivery (no tight timing).
+WAKE_BOUND = 10.0
+
+
+class _Wait:
+    """A wait_for_signal on a thread; records what it returned or raised, and when."""
+
+    def __init__(self, store: PostgresSignalStore, run: uuid.UUID, step: str) -> None:
+        self.outcome: object = None
+        self.returned_at = 0.0
+        self._thread = threading.Thread(target=self._run, args=(store, run, step), daemon=True)
+        self._thread.start()
+
+    def _run(self, store: PostgresSignalStore, run: uuid.UUID, step: str) -> None:
+        try:
+            self.outcome = store.wait_for_signal(run, step, timeout=60)
+        except BaseException as exc:
+            self.outcome = exc
+        self.returned_at = time.monotonic()
+
+    def payload(self) -> str | None:
+        self._thread.join(60 + JOIN_SECONDS)
+        assert not self._thread.is_alive(), "a wait hung"
+        assert isinstance(self.outcome, SignalWaiter), self.outcome
+        return self.outcome.payload_json
+
+
+def _listening(store: PostgresSignalStore) -> None:
+    """Wait until the store's listener has connected and issued LISTEN."""
+    wait_until(
+        lambda: store.listener is not None and store.listener.backend_pid is not None,
+        "the listener to LISTEN",
+    )
+
+
+@pytest.mark.parametrize("listen", [True, False], ids=["listen", "polling"])
+def test_pending_waits_return_their_payloads_across_a_restart(
+    server: EmbeddedPostgres, database_url: str, app_name: str, listen: bool
+) -> None:
+    # Default intervals: nothing here is helped along by a short recheck. Half the waiters are
+    # delivered the instant before the restart (their notifications may die with the
+    # listener's connection), half after it.
+    run = uuid.uuid4()
+    steps = [f"step-{i}" for i in range(6)]
+    with PostgresSignalStore(database_url, application_name=app_name, listen=listen) as store:
+        for step in steps:
+            store.register_waiter(run, step, f"sig-{step}")
+        waits = {step: _Wait(store, run, step) for step in steps}
+        if listen:
+            _listening(store)
+        time.sleep(0.1)  # every wait has read the table once and sleeps
+        for step in steps[:3]:
+            assert store.deliver_signal(run, f"sig-{step}", f'"before {step}"').delivered
+
+        server.restart()
+
+        for step in steps[3:]:
+            assert store.deliver_signal(run, f"sig-{step}", f'"after {step}"').delivered
+        payloads = {step: wait.payload() for step, wait in waits.items()}
+        assert payloads == {
+            step: f'"{"before" if i < 3 else "after"} {step}"' for i, step in enumerate(steps)
+        }
+        for step in steps:
+            waiter = store.get_waiter(run, step)
+            assert waiter is not None and waiter.payload_json == payloads[step]
+        if listen:
+            assert store.listener is not None
+            wait_until(lambda: store.listener.connections >= 2, "the listener to reconnect")
+
+
+def test_a_killed_listener_connection_delays_no_wait_beyond_the_recheck_bound(
+    database_url: str, admin: psycopg.Connection[Any], app_name: str
+) -> None:
+    # The listener's backend is killed while eight waits are pending, and every waiter is
+    # delivered at once, while the listener is reconnecting: each wait returns its payload,
+    # within the bound.
+    run = uuid.uuid4()
+    steps = [f"step-{i}" for i in range(8)]
+    with PostgresSignalStore(
+        database_url, application_name=app_name, recheck_interval=0.5
+    ) as store:
+        for step in steps:
+            store.register_waiter(run, step, f"sig-{step}")
+        waits = {step: _Wait(store, run, step) for step in steps}
+        _listening(store)
+        time.sleep(0.1)
+        assert terminate(admin, f"{app_name}-listener") == 1
+        delivered_at = time.monotonic()
+        for step in steps:
+            assert store.deliver_signal(run, f"sig-{step}", f'"{step}"').delivered
+        assert {step: w.payload() for step, w in waits.items()} == {s: f'"{s}"' for s in steps}
+        latest = max(w.returned_at for w in waits.values()) - delivered_at
+        assert latest < WAKE_BOUND, f"a wait returned {latest:.1f} s after its delivery"
+        wait_until(lambda: len(backends(admin, f"{app_name}-listener")) == 1, "a new listener")
+
+
+def test_waits_return_within_the_recheck_bound_when_the_listener_cannot_reconnect(
+    database_url: str, admin: psycopg.Connection[Any], app_name: str
+) -> None:
+    # Worse: the listener is killed and every reconnection is refused, so no notification and
+    # no reconnection wake-up ever comes. Only the periodic re-check can end the waits.
+    run = uuid.uuid4()
+    steps = [f"step-{i}" for i in range(4)]
+    with PostgresSignalStore(
+        database_url, application_name=app_name, recheck_interval=0.5
+    ) as store:
+        for step in steps:
+            store.register_waiter(run, step, f"sig-{step}")
+        waits = {step: _Wait(store, run, step) for step in steps}
+        _listening(store)
+        listener = store.listener
+        assert listener is not None
+
+        def refuse() -> psycopg.Connection[Any]:
+            raise psycopg.OperationalError("simulated: the server refuses the listener")
+
+        listener._connect = refuse
+        time.sleep(0.1)
+        assert terminate(admin, f"{app_name}-listener") == 1
+        wait_until(lambda: listener.backend_pid is None, "the listener to notice")
+        delivered_at = time.monotonic()
+        for step in steps:
+            assert store.deliver_signal(run, f"sig-{step}", f'"{step}"').delivered
+        assert {step: w.payload() for step, w in waits.items()} == {s: f'"{s}"' for s in steps}
+        latest = max(w.returned_at for w in waits.values()) - delivered_at
+        assert latest < WAKE_BOUND, f"a wait returned {latest:.1f} s after its delivery"
+        assert listener.connections == 1  # never reconnected: the re-check did it
+        assert backends(admin, f"{app_name}-listener") == []
+
+
+# Claims and purges ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["claim", "purge"])
+def test_claim_or_purge_killed_mid_statement_changed_nothing_and_the_retry_does_it_once(
+    store: PostgresSignalStore,
+    admin: psycopg.Connection[Any],
+    database_url: str,
+    app_name: str,
+    operation: str,
+) -> None:
+    # Both skip locked rows, so a row lock cannot hold them: a table lock does. The killed
+    # statement raises the documented error and rolled back; the retry claims (or purges)
+    # every waiter exactly once, and a second retry finds nothing left.
+    run = uuid.uuid4()
+    for i in range(5):
+        store.register_waiter(run, f"late-{i}", "late", _ago(hours=1 + i))
+    if operation == "purge":
+        assert len(store.claim_expired()) == 5
+    call: Callable[[], Any] = (
+        (lambda: store.claim_expired(limit=100))
+        if operation == "claim"
+        else (lambda: store.purge(older_than=timedelta(0)))
+    )
+    before = store.list_waiters(run_id=run)
+    with admin_connection(database_url) as blocker:
+        blocker.autocommit = False
+        blocker.execute("LOCK TABLE flow_signal_waiters IN ACCESS EXCLUSIVE MODE")
+        outcome: list[object] = []
+
+        def target() -> None:
+            try:
+                outcome.append(call())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        wait_until(lambda: bool(lock_waiters(admin, app_name)), f"the {operation} to block")
+        [pid] = lock_waiters(admin, app_name)
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        thread.join(JOIN_SECONDS)
+        assert not thread.is_alive(), f"a {operation} whose backend was killed hung"
+        blocker.rollback()
+
+    [error] = outcome
+    assert isinstance(error, BaseException)
+    _assert_lost_connection(error)
+    assert store.list_waiters(run_id=run) == before  # nothing claimed or deleted
+    if operation == "claim":
+        claimed = store.claim_expired(limit=100)
+        assert [w.step_key for w in claimed] == [f"late-{i}" for i in reversed(range(5))]
+        by_step = {w.step_key: w for w in claimed}
+        assert {w.step_key: w for w in store.list_waiters(run_id=run)} == by_step
+        assert store.claim_expired(limit=100) == []
+        assert store.count_waiters(run_id=run) == WaiterCounts(claimed=5)
+    else:
+        assert store.purge(older_than=timedelta(0)) == 5
+        assert store.purge(older_than=timedelta(0)) == 0
+        assert store.count_waiters(run_id=run) == WaiterCounts()
+
+
+def test_claims_under_random_kills_never_hand_a_waiter_out_twice(
+    store: PostgresSignalStore, app_name: str
+) -> None:
+    # Four claimers claim small batches while a killer terminates the store's backends; a
+    # claim that loses its connection is retried. No waiter is returned to two claimers (or
+    # twice to one); every waiter returned is claimed in the table at the returned time; every
+    # expired waiter ends claimed. A claim whose commit was lost in flight (the connection died
+    # after the server committed) claimed waiters its caller never saw: they are counted, and
+    # list_waiters(state="claimed") is how a sweeper finds them (docs/guarantees.md).
+    rounds, per_round, claimers = 15, 40, 4
+    stop = threading.Event()
+    kills = Counter[str]()
+
+    def killer() -> None:
+        with admin_connection(store.engine.url.render_as_string(hide_password=False)) as own:
+            while not stop.is_set():
+                for pid in backends(own, app_name):
+                    own.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    kills["terminated"] += 1
+                stop.wait(random.uniform(0.005, 0.03))
+
+    errors = Counter[str]()
+    unreported = 0
+    kill_thread = threading.Thread(target=killer, daemon=True)
+    kill_thread.start()
+    try:
+        for _ in range(rounds):
+            run = uuid.uuid4()
+            for i in range(per_round):
+                _retry(
+                    functools.partial(store.register_waiter, run, f"s-{i:02}", "sig", _ago()),
+                    errors,
+                )
+            barrier = threading.Barrier(claimers)
+            got: list[list[SignalWaiter]] = [[] for _ in range(claimers)]
+            failed: list[BaseException] = []
+
+            def claim(
+                index: int,
+                barrier: threading.Barrier = barrier,
+                got: Any = got,
+                failed: Any = failed,
+            ) -> None:
+                barrier.wait()
+                try:
+                    while batch := _retry(functools.partial(store.claim_expired, limit=3), errors):
+                        got[index] += batch
+                except BaseException as exc:
+                    failed.append(exc)
+
+            threads = [threading.Thread(target=claim, args=(i,)) for i in range(claimers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(JOIN_SECONDS * 4)
+                assert not thread.is_alive(), "a claimer hung"
+            assert failed == []
+            returned = [w for batch in got for w in batch]
+            keys = [(w.run_id, w.step_key) for w in returned]
+            assert len(keys) == len(set(keys)), "a waiter was handed out twice"
+            table = {
+                (w.run_id, w.step_key): w
+                for w in _retry(
+                    functools.partial(store.list_waiters, run_id=run, limit=1000), errors
+                )
+            }
+            assert len(table) == per_round
+            assert all(
+                w.state_at(datetime.now(timezone.utc)) is WaiterState.CLAIMED
+                for w in table.values()
+            )
+            for waiter in returned:
+                assert table[waiter.run_id, waiter.step_key] == waiter
+            unreported += per_round - len(returned)
+    finally:
+        stop.set()
+        kill_thread.join(JOIN_SECONDS)
+    print(f"\nclaims under random kills: {dict(kills)} {dict(errors)} unreported={unreported}")
+    assert kills["terminated"] > 0
