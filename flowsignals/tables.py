@@ -45,8 +45,10 @@ def build_metadata(schema: str | None = None) -> MetaData:
         TABLE_NAME,
         metadata,
         Column("run_id", Uuid(as_uuid=True), nullable=False),
-        Column("step_key", String(NAME_MAX_LENGTH), nullable=False),
-        Column("signal_name", String(NAME_MAX_LENGTH), nullable=False),
+        # Names compare and sort byte for byte (code point order), whatever the database's
+        # default collation: the documented orders must not depend on it.
+        Column("step_key", String(NAME_MAX_LENGTH, collation="C"), nullable=False),
+        Column("signal_name", String(NAME_MAX_LENGTH, collation="C"), nullable=False),
         Column(
             "created_at",
             DateTime(timezone=True),

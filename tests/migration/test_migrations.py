@@ -94,7 +94,7 @@ def test_upgrade_head_builds_exactly_the_declared_schema(
     migrations.upgrade(empty_database_url)
 
     assert _diff(db) == []
-    assert migrations.current(empty_database_url) == migrations.HEAD == "fs_0002"
+    assert migrations.current(empty_database_url) == migrations.HEAD == "fs_0003"
     assert _tables(db) == {TABLE_NAME, VERSION_TABLE}
     inspector = inspect(db)
     pk = inspector.get_pk_constraint(TABLE_NAME)
@@ -231,11 +231,12 @@ def test_alembic_cli_upgrades_and_downgrades(db: Engine, empty_database_url: str
     assert upgraded.returncode == 0, upgraded.stderr
     assert "Running upgrade  -> fs_0001" in upgraded.stderr
     assert "Running upgrade fs_0001 -> fs_0002" in upgraded.stderr
+    assert "Running upgrade fs_0002 -> fs_0003" in upgraded.stderr
     assert _diff(db) == []
 
     current = _alembic("current", url=empty_database_url)
     assert current.returncode == 0, current.stderr
-    assert current.stdout.strip() == "fs_0002 (head)"
+    assert current.stdout.strip() == "fs_0003 (head)"
 
     checked = _alembic("check", url=empty_database_url)
     assert checked.returncode == 0, checked.stderr
@@ -310,6 +311,15 @@ ON tenant_b.flow_signal_waiters (claimed_at) WHERE claimed_at IS NOT NULL;
 
 UPDATE tenant_b.flowsignals_alembic_version SET version_num='fs_0002' \
 WHERE tenant_b.flowsignals_alembic_version.version_num = 'fs_0001';
+
+-- Running upgrade fs_0002 -> fs_0003
+
+ALTER TABLE tenant_b.flow_signal_waiters ALTER COLUMN step_key TYPE VARCHAR(256) COLLATE "C";
+
+ALTER TABLE tenant_b.flow_signal_waiters ALTER COLUMN signal_name TYPE VARCHAR(256) COLLATE "C";
+
+UPDATE tenant_b.flowsignals_alembic_version SET version_num='fs_0003' \
+WHERE tenant_b.flowsignals_alembic_version.version_num = 'fs_0002';
 
 COMMIT;
 

@@ -77,6 +77,7 @@ def test_the_wheel_contains_the_migrations(wheel: Path) -> None:
         "flowsignals/migrations/script.py.mako",
         "flowsignals/migrations/versions/0001_create_waiters.py",
         "flowsignals/migrations/versions/0002_claims_and_retention.py",
+        "flowsignals/migrations/versions/0003_names_compare_bytewise.py",
     ]
     assert "flowsignals/py.typed" in names
     assert not [n for n in names if n.startswith(("alembic/", "tests/"))]
@@ -88,7 +89,7 @@ def _assert_migrated(url: str) -> None:
         assert set(inspect(engine).get_table_names()) == {TABLE_NAME, VERSION_TABLE}
         with engine.connect() as conn:
             rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
-            assert [tuple(r) for r in rows] == [("fs_0002",)]
+            assert [tuple(r) for r in rows] == [("fs_0003",)]
     finally:
         engine.dispose()
 
@@ -107,7 +108,7 @@ def test_installed_wheel_migrates_from_code(
 
     location, check = result.stdout.splitlines()
     assert Path(location).is_relative_to(venv), location
-    assert check == "('fs_0002', 'fs_0002')"
+    assert check == "('fs_0003', 'fs_0003')"
     _assert_migrated(empty_database_url)
 
 
@@ -132,7 +133,7 @@ def test_installed_wheel_migrates_with_flowsignals_migrate(
         "status": "upgraded",
         "schema": None,
         "from_revision": None,
-        "to_revision": "fs_0002",
+        "to_revision": "fs_0003",
     }
     _assert_migrated(empty_database_url)
     check = _run(command, "--database-url", empty_database_url, "migrate", "--check", cwd=elsewhere)
