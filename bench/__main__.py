@@ -29,6 +29,7 @@ from bench.workloads import (
     STEP,
     Client,
     StoreClient,
+    percentile,
     run_contention,
     run_cycles,
     run_size_probes,
@@ -54,14 +55,17 @@ class Sizes:
     size_per_round: int
     contention_rounds: int
     original_contention_rounds: int
+    #: LISTEN waits; a polling wait runs in every ``poll_every``-th round.
     wake_rounds: int
-    poll_rounds: int
+    poll_every: int
     expiry_rows: int
 
 
-QUICK = Sizes(300, 10, 0.6, 1, 100_000, 4, 50, 10, 5, 30, 10, 50_000)
-DEFAULT = Sizes(1500, 10, 2.0, 2, 1_000_000, 10, 100, 50, 20, 100, 30, 1_000_000)
-BIG = Sizes(1500, 10, 2.0, 2, 10_000_000, 10, 100, 50, 20, 100, 30, 1_000_000)
+QUICK = Sizes(300, 10, 0.6, 1, 100_000, 4, 50, 10, 5, 100, 10, 50_000)
+DEFAULT = Sizes(1500, 10, 2.0, 2, 1_000_000, 10, 100, 50, 20, 400, 10, 1_000_000)
+BIG = Sizes(1500, 10, 2.0, 2, 10_000_000, 10, 100, 50, 20, 400, 10, 1_000_000)
+#: Rows per claim_expired and purge statement, for the floor and the store alike.
+EXPIRY_BATCH = 1000
 
 
 def with_options(url: str, options: str) -> str:
@@ -107,9 +111,10 @@ def cycle_section(url: str, sizes: Sizes, run: report.Run, *, key: str) -> None:
 
 
 def throughput_section(url: str, sizes: Sizes, run: report.Run) -> None:
-    store = PostgresSignalStore(url, engine_options={"pool_size": max(THREADS)})
+    store = PostgresSignalStore(url, max_connections=max(THREADS))
     makers: dict[str, Callable[[], Client]] = {
         "floor": lambda: FloorClient(url),
+        "exact-sql": lambda: ExactSqlClient(url),
         "flowsignals": lambda: StoreClient(store),
     }
     try:
@@ -147,7 +152,7 @@ def size_section(url: str, sizes: Sizes, run: report.Run) -> None:
 
 
 def contention_section(url: str, sizes: Sizes, run: report.Run) -> None:
-    with PostgresSignalStore(url, engine_options={"pool_size": 16}) as store:
+    with PostgresSignalStore(url, max_connections=16) as store:
         run.contention["flowsignals"] = run_contention(
             lambda run_id: store.register_waiter(run_id, STEP, SIGNAL),
             lambda run_id: store.deliver_signal(run_id, SIGNAL, '{"n": 1}').status,
@@ -165,35 +170,56 @@ def contention_section(url: str, sizes: Sizes, run: report.Run) -> None:
 
 
 def wakeup_section(url: str, sizes: Sizes, run: report.Run) -> None:
-    if not wakeup.available():
-        run.missing.append("wait_for_signal")
-        _log("  skipped: wait_for_signal is not available in this build (issue 4)")
-        return
-    with PostgresSignalStore(url) as store:
-        run.wakeup["LISTEN/NOTIFY"] = wakeup.wake_up_latencies(store, rounds=sizes.wake_rounds)
-    polling = PostgresSignalStore(url, listen=False)  # type: ignore[call-arg]
-    with polling:
-        run.wakeup["polling"] = wakeup.wake_up_latencies(polling, rounds=sizes.poll_rounds)
+    listening = PostgresSignalStore(url)
+    polling = PostgresSignalStore(url, listen=False, poll_interval=report.POLL_INTERVAL)
+    with listening, polling:
+        modes = {
+            "LISTEN/NOTIFY": wakeup.listen_mode(listening),
+            "polling": wakeup.polling_mode(polling, report.POLL_INTERVAL),
+        }
+        wakeup.run_wake_ups(modes, rounds=sizes.wake_rounds, every={"polling": sizes.poll_every})
+    run.wakeup = {name: mode.latencies for name, mode in modes.items()}
+    run.wakeup_from_call = {name: mode.from_call for name, mode in modes.items()}
+    _log(
+        "  "
+        + ", ".join(
+            f"{name}: p50 {percentile(v, 0.5) * 1e3:.2f} ms,"
+            f" p99 {percentile(v, 0.99) * 1e3:.2f} ms ({len(v)} waits)"
+            for name, v in run.wakeup.items()
+        )
+    )
 
 
 def expiry_section(url: str, sizes: Sizes, run: report.Run) -> None:
-    if not expiry.available():
-        run.missing.append("claim_expired/purge")
-        _log("  skipped: claim_expired and purge are not available in this build (issue 4)")
-        return
-    floor_schema, store_schema = "bench_expiry_floor", "bench_expiry_store"
+    schemas = {"floor": "bench_expiry_floor", "flowsignals": "bench_expiry_store"}
     try:
-        for schema in (floor_schema, store_schema):
+        for schema in schemas.values():
             migrated_schema(url, schema)
+            start = time.perf_counter()
             load_waiters(url, schema, sizes.expiry_rows, expired=True)
-        with PostgresSignalStore(url, schema=store_schema) as store:
+            _log(
+                f"  loaded {sizes.expiry_rows:,} expired waiters into {schema}"
+                f" in {time.perf_counter() - start:.1f} s"
+            )
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(
+                        sql.Identifier(schema, "flow_signal_waiters")
+                    )
+                )
+        with PostgresSignalStore(url, schema=schemas["flowsignals"]) as store:
             run.claim, run.purge = expiry.claim_and_purge(
-                url, f'"{floor_schema}".flow_signal_waiters', store, batch=1000
+                url, schemas["floor"], store, batch=EXPIRY_BATCH
             )
         run.expiry_rows = sizes.expiry_rows
+        for label, rate in (("claim_expired", run.claim), ("purge", run.purge)):
+            _log(
+                f"  {label}: "
+                + ", ".join(f"{n} {rate.per_second(n):,.0f} rows/s" for n in expiry.CONTENDERS)
+            )
     finally:
-        _drop_schema(url, floor_schema)
-        _drop_schema(url, store_schema)
+        for schema in schemas.values():
+            _drop_schema(url, schema)
 
 
 def _drop_schema(url: str, schema: str) -> None:
@@ -233,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             ("claim_expired and purge", lambda: expiry_section(url, sizes, run)),
         ]
         for title, section in sections:
-            _log(title)
+            load = report.load_average()
+            run.machine.load_by_section[title] = load
+            _log(f"{title} (load average {load})")
             section()
         run.machine.load_after = report.load_average()
     run.seconds = time.perf_counter() - started

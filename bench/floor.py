@@ -73,6 +73,7 @@ class ExactSqlClient:
     def __init__(self, conninfo: str, schema: str | None = None) -> None:
         self._conn = psycopg.connect(conninfo, autocommit=True)
         self._sql = statements.for_schema(schema)
+        self._channel = statements.notify_channel(schema)
 
     def register(
         self, run_id: uuid.UUID, step_key: str, signal_name: str, expires_at: datetime | None
@@ -81,7 +82,12 @@ class ExactSqlClient:
         self._conn.execute(self._sql.register, params, prepare=True)
 
     def deliver(self, run_id: uuid.UUID, signal_name: str, payload_json: str) -> bool:
-        params = {"run": run_id, "signal": signal_name, "payload": payload_json}
+        params = {
+            "run": run_id,
+            "signal": signal_name,
+            "payload": payload_json,
+            "channel": self._channel,
+        }
         row = self._conn.execute(self._sql.deliver, params, prepare=True).fetchone()
         return row is not None and row[0] == statements.OUTCOME_DELIVERED
 
@@ -90,7 +96,7 @@ class ExactSqlClient:
         return self._conn.execute(self._sql.get, params, prepare=True).fetchone()
 
     def remove(self, run_id: uuid.UUID, step_key: str) -> bool:
-        params = {"run": run_id, "step": step_key}
+        params = {"run": run_id, "step": step_key, "channel": self._channel}
         return self._conn.execute(self._sql.remove, params, prepare=True).rowcount == 1
 
     def close(self) -> None:
