@@ -77,5 +77,13 @@ class WaiterExpiredError(FlowSignalsError):
         )
 
 
+class HostLineageError(FlowSignalsError):
+    """flowsignals' own migrations were asked to run where a host's Alembic runs them."""
+
+
+class StoreClosedError(FlowSignalsError):
+    """The store was closed; create a new one to go on."""
+
+
 class SchemaNotAtHeadError(FlowSignalsError):
     """The database schema is not at the revision this version of flowsignals needs."""

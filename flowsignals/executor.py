@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.orm import Session
 
-from flowsignals.errors import InvalidArgumentError
+from flowsignals.errors import InvalidArgumentError, StoreClosedError
 from flowsignals.pool import ConnectionPool
 
 #: What every public method accepts as ``conn``: a Connection or a Session of the caller's.
@@ -55,6 +55,8 @@ class Executor:
         self.engine = engine
         self.pool = pool
         self._prepare = prepare
+        #: Set by the store's close(): every later call raises StoreClosedError.
+        self.closed = False
 
     def execute(
         self, conn: CallerConnection | None, sql: str, params: Mapping[str, Any]
@@ -65,6 +67,8 @@ class Executor:
         trips, and no SQLAlchemy Connection to set up (that layer costs more than the
         statement itself on a fast server).
         """
+        if self.closed:
+            raise StoreClosedError("the store is closed; create a new one to go on")
         if conn is not None:
             result = caller_connection(conn).exec_driver_sql(sql, params)
             count = result.rowcount  # read first: consuming the rows closes the result

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from flowsignals.errors import (
     InvalidArgumentError,
+    StoreClosedError,
     WaiterExpiredError,
     WaiterNotFoundError,
     WaitTimeoutError,
@@ -83,6 +84,7 @@ class InMemorySignalStore:
         self._changed = threading.Condition(self._lock)
         self._waiters: dict[tuple[uuid.UUID, str], SignalWaiter] = {}
         self._last_created: datetime | None = None
+        self._closed = False
 
     def register_waiter(
         self,
@@ -98,7 +100,7 @@ class InMemorySignalStore:
         step = check_name("step_key", step_key)
         signal = check_name("signal_name", signal_name)
         deadline = check_expires_at(expires_at)
-        _check_conn(conn)
+        self._ready(conn)
         with self._lock:
             self._changed.notify_all()
             current = self._waiters.get((run, step))
@@ -128,7 +130,7 @@ class InMemorySignalStore:
         run = check_run_id(run_id)
         signal = check_name("signal_name", signal_name)
         payload = check_payload(payload_json, self._max_payload_bytes)
-        _check_conn(conn)
+        self._ready(conn)
         with self._lock:
             now = self._now()
             matching = sorted(
@@ -162,7 +164,7 @@ class InMemorySignalStore:
     ) -> SignalWaiter | None:
         """Return a waiter or None; see :meth:`PostgresSignalStore.get_waiter`."""
         key = (check_run_id(run_id), check_name("step_key", step_key))
-        _check_conn(conn)
+        self._ready(conn)
         with self._lock:
             return self._waiters.get(key)
 
@@ -175,7 +177,7 @@ class InMemorySignalStore:
     ) -> bool:
         """Remove a waiter; see :meth:`PostgresSignalStore.remove_waiter`."""
         key = (check_run_id(run_id), check_name("step_key", step_key))
-        _check_conn(conn)
+        self._ready(conn)
         with self._lock:
             self._changed.notify_all()
             return self._waiters.pop(key, None) is not None
@@ -197,9 +199,11 @@ class InMemorySignalStore:
         step = check_name("step_key", step_key)
         seconds = check_timeout("timeout", timeout)
         check_wait_conn(conn)
+        self._ready(None)
         deadline = time.monotonic() + seconds
         with self._lock:
             while True:
+                self._ready(None)
                 waiter = self._waiters.get((run, step))
                 if waiter is None:
                     raise WaiterNotFoundError(run, step)
@@ -218,7 +222,7 @@ class InMemorySignalStore:
     ) -> list[SignalWaiter]:
         """Claim expired waiters; see :meth:`PostgresSignalStore.claim_expired`."""
         count = check_limit("limit", limit)
-        _check_conn(conn)
+        self._ready(conn)
         with self._lock:
             now = self._now()
             due = sorted(
@@ -244,7 +248,7 @@ class InMemorySignalStore:
         age = check_older_than(older_than)
         most = None if limit is None else check_limit("limit", limit, maximum=None)
         check_limit("batch_size", batch_size)
-        _check_conn(conn)
+        self._ready(conn)
         with self._lock:
             cutoff = self._now() - age
             doomed = [
@@ -275,7 +279,7 @@ class InMemorySignalStore:
         signal = None if signal_name is None else check_name("signal_name", signal_name)
         wanted = check_state(state)
         cursor = check_after(after)
-        _check_conn(conn)
+        self._ready(conn)
         with self._lock:
             now = self._now()
             chosen = [
@@ -298,7 +302,7 @@ class InMemorySignalStore:
         """Count waiters by state; see :meth:`PostgresSignalStore.count_waiters`."""
         run = None if run_id is None else check_run_id(run_id)
         signal = None if signal_name is None else check_name("signal_name", signal_name)
-        _check_conn(conn)
+        self._ready(conn)
         counts = dict.fromkeys(WaiterState, 0)
         with self._lock:
             now = self._now()
@@ -308,7 +312,20 @@ class InMemorySignalStore:
         return WaiterCounts(**{state.value: n for state, n in counts.items()})
 
     def close(self) -> None:
-        """Nothing to release; present so both stores are used alike."""
+        """Close the store: every later call, and every wait still running, raises
+        :class:`StoreClosedError`, as on :class:`PostgresSignalStore`."""
+        with self._lock:
+            self._closed = True
+            self._changed.notify_all()
+
+    def _ready(self, conn: object) -> None:
+        if conn is not None and not isinstance(conn, (Connection, Session)):
+            raise InvalidArgumentError(
+                "conn",
+                f"must be a sqlalchemy Connection or Session, or None, not {type(conn).__name__}",
+            )
+        if self._closed:
+            raise StoreClosedError("the store is closed; create a new one to go on")
 
     def __enter__(self) -> InMemorySignalStore:
         return self
@@ -344,11 +361,3 @@ def _position(item: SignalWaiter | WaiterCursor) -> tuple[datetime, uuid.UUID, s
 def _micros(value: datetime | None) -> int:
     assert value is not None
     return (value - datetime(1970, 1, 1, tzinfo=timezone.utc)) // _TICK
-
-
-def _check_conn(conn: object) -> None:
-    if conn is not None and not isinstance(conn, (Connection, Session)):
-        raise InvalidArgumentError(
-            "conn",
-            f"must be a sqlalchemy Connection or Session, or None, not {type(conn).__name__}",
-        )

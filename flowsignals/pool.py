@@ -21,6 +21,8 @@ from psycopg import pq
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from flowsignals.errors import StoreClosedError
+
 #: How a pooled connection is checked before use. ``"socket"``: without a round trip, by looking
 #: for anything the server sent to the idle connection (for a connection that is not
 #: listening, only a FATAL message before a close, or the close itself). ``"query"``: a
@@ -109,9 +111,7 @@ class ConnectionPool:
                 f"({self._max_size} in use; raise max_connections or shorten transactions)"
             )
         if self._closed:
-            raise DBAPIError.instance(
-                None, None, psycopg.InterfaceError("the store is closed"), psycopg.Error
-            )
+            raise StoreClosedError("the store is closed")
         if self._idle:
             return self._idle.pop()
         self._size += 1

@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from flowsignals.errors import InvalidArgumentError
+
 
 class DeliveryStatus(enum.Enum):
     """What :meth:`SignalStore.deliver_signal` did."""
@@ -137,13 +139,19 @@ class WaiterCursor:
         """Parse a :meth:`token`.
 
         Raises:
-            ValueError: ``token`` is not one.
+            InvalidArgumentError: ``token`` is not one (also a ``ValueError``).
         """
-        created, run, step = token.split("/", 2)
-        created_at = datetime.fromisoformat(created)
-        if created_at.tzinfo is None or not step:
-            raise ValueError(f"not a waiter cursor: {token!r}")
-        return cls(created_at, uuid.UUID(run), step)
+        try:
+            created, run, step = token.split("/", 2)
+            created_at = datetime.fromisoformat(created)
+            run_id = uuid.UUID(run)
+        except (AttributeError, ValueError):
+            created_at = None
+        if created_at is None or created_at.tzinfo is None or not step:
+            raise InvalidArgumentError(
+                "token", f"is not a waiter cursor token (from WaiterCursor.token()): {token!r}"
+            )
+        return cls(created_at, run_id, step)
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,17 @@ class PostgresSignalStore:
         self._schema = schema
         self._sql = sql.for_schema(schema)
         self._channel = sql.notify_channel(schema)
+        if pre_ping not in ("socket", "query", None):
+            raise InvalidArgumentError(
+                "pre_ping", f'must be "socket", "query" or None, not {pre_ping!r}'
+            )
         if isinstance(database, Engine):
+            if database.dialect.driver != "psycopg":
+                raise InvalidArgumentError(
+                    "database",
+                    "an Engine must use the psycopg (3) driver (postgresql+psycopg://...), "
+                    f"not {database.dialect.name}+{database.dialect.driver}",
+                )
             self._engine = database
             self._owns_engine = False
             # A caller's engine keeps its own pool, and psycopg's own prepare policy (it may
@@ -526,13 +536,14 @@ class PostgresSignalStore:
     def close(self) -> None:
         """Stop the listener and close what the store built: its pool and engine.
 
-        An Engine passed in is left alone. Waits still running after close fall back to
-        reading the table every ``recheck_interval`` seconds.
+        An Engine passed in is left alone (its pool is the caller's). Every later call, and
+        every wait still running, raises :class:`StoreClosedError`.
         """
         with self._listener_lock:
             if self._closed:
                 return
             self._closed = True
+            self._executor.closed = True
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()

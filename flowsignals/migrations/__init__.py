@@ -35,9 +35,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, NullPool, create_engine
 from sqlalchemy.engine import Connection, Engine
 
-from flowsignals.errors import SchemaNotAtHeadError
+from flowsignals.errors import HostLineageError, SchemaNotAtHeadError
 from flowsignals.tables import VERSION_TABLE
 from flowsignals.urls import to_sqlalchemy_url
+from flowsignals.validation import check_name
 
 __all__ = [
     "BRANCH",
@@ -104,10 +105,14 @@ def upgrade(database: Database, schema: str | None = None, revision: str = "head
         revision: Target revision id, ``"head"`` or ``"flowsignals@head"``.
 
     Raises:
+        InvalidArgumentError: ``schema`` is empty or otherwise not a valid name.
+        HostLineageError: The host application's Alembic already records our revisions here.
         alembic.util.CommandError: ``revision`` is unknown.
         sqlalchemy.exc.DBAPIError: The database refused a statement.
     """
+    schema = _check_schema(schema)
     with _connection(database) as connection:
+        _refuse_host_lineage(connection, schema)
         command.upgrade(alembic_config(connection=connection, schema=schema), revision)
 
 
@@ -126,7 +131,9 @@ def downgrade(database: Database, schema: str | None = None, *, revision: str) -
         alembic.util.CommandError: ``revision`` is unknown.
         sqlalchemy.exc.DBAPIError: The database refused a statement.
     """
+    schema = _check_schema(schema)
     with _connection(database) as connection:
+        _refuse_host_lineage(connection, schema)
         command.downgrade(alembic_config(connection=connection, schema=schema), revision)
 
 
@@ -135,6 +142,7 @@ def current(database: Database, schema: str | None = None) -> str | None:
 
     Reads only; with a Connection it runs in the caller's transaction.
     """
+    schema = _check_schema(schema)
     with _connection(database) as connection:
         context = MigrationContext.configure(
             connection,
@@ -158,6 +166,7 @@ def check(database: Database, schema: str | None = None) -> tuple[str | None, st
     Raises:
         sqlalchemy.exc.DBAPIError: The database refused a statement.
     """
+    schema = _check_schema(schema)
     with _connection(database) as connection:
         return _installed_revision(connection, schema), HEAD
 
@@ -198,6 +207,27 @@ def sql(schema: str | None = None, revision: str = "head", *, start: str | None 
     config = alembic_config(schema=schema, stdout=output)
     command.upgrade(config, revision if start is None else f"{start}:{revision}", sql=True)
     return output.getvalue()
+
+
+def _check_schema(schema: str | None) -> str | None:
+    # The same rule as the store's: an empty name would silently mean the search_path.
+    return None if schema is None else check_name("schema", schema)
+
+
+def _refuse_host_lineage(connection: Connection, schema: str | None) -> None:
+    """Refuse to run our own lineage where a host's Alembic already records our revisions."""
+    ours = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+    ).get_current_heads()
+    if ours:
+        return
+    installed = _installed_revision(connection, schema)
+    if installed is not None:
+        raise HostLineageError(
+            f"flowsignals' revision {installed!r} is recorded in the host application's "
+            f"{HOST_VERSION_TABLE} table: this database's flowsignals schema is migrated by the "
+            "host's Alembic. Run `alembic upgrade flowsignals@head` (or `heads`) there instead."
+        )
 
 
 def _installed_revision(connection: Connection, schema: str | None) -> str | None:

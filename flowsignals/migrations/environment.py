@@ -25,6 +25,7 @@ from logging.config import fileConfig
 from typing import Any, Literal
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy import URL, NullPool, create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateSchema
@@ -61,7 +62,8 @@ def run() -> None:
     """Run the migrations Alembic asked for; called from ``env.py``.
 
     Raises:
-        RuntimeError: Online mode, and no connection or URL was given anywhere.
+        CommandError: Online mode, and no connection or URL was given anywhere (the alembic
+            command line prints it as one line, without a traceback).
     """
     config = context.config
     if config.config_file_name is not None and config.file_config.has_section("loggers"):
@@ -83,7 +85,7 @@ def run() -> None:
         return
     url = _configured_url(config.attributes, x_args)
     if not url:
-        raise RuntimeError(
+        raise CommandError(
             "no database given: pass a connection or url in config.attributes, "
             f"-x url=..., or set {DATABASE_URL_ENV}"
         )

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 
 from flowsignals import (
     DeliveryStatus,
@@ -20,6 +21,7 @@ from flowsignals import (
     InvalidArgumentError,
     PostgresSignalStore,
     SignalStore,
+    WaiterCursor,
 )
 
 RUN = uuid.UUID("6f1c1a36-0c3e-4d7e-9a55-3f1f4b1e2a10")
@@ -194,3 +196,21 @@ def test_bad_payload_limit_is_refused(limit: Any) -> None:
 def test_bad_database_is_refused(database: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^database: "):
         PostgresSignalStore(database)
+
+
+def test_a_non_psycopg_engine_is_refused() -> None:
+    engine = create_engine("sqlite://")
+    with pytest.raises(InvalidArgumentError, match=r"^database: an Engine must use the psycopg"):
+        PostgresSignalStore(engine)
+    engine.dispose()
+
+
+def test_an_unknown_pre_ping_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^pre_ping: "):
+        PostgresSignalStore("postgresql://nobody@/nowhere", pre_ping="bogus")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("token", ["garbage", "", "2030-01-01T00:00:00/not-a-uuid/a", "x/y"])
+def test_a_bad_cursor_token_is_refused(token: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^token: is not a waiter cursor token"):
+        WaiterCursor.from_token(token)

@@ -7,8 +7,10 @@ direction, so the application's and the server's clocks cannot disagree about th
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,6 +20,7 @@ from flowsignals import (
     DeliveryStatus,
     InMemorySignalStore,
     SignalStore,
+    StoreClosedError,
 )
 
 HOUR = timedelta(hours=1)
@@ -266,6 +269,7 @@ PAYLOADS = [
     pytest.param('{"nul": "\\u0000", "quote": "\\"", "slash": "\\/"}', id="escapes-kept-as-text"),
     pytest.param('"\\ud83d\\ude80 \\ud800"', id="surrogate-escapes"),
     pytest.param("1e400", id="number-beyond-double"),
+    pytest.param("1" * 5000, id="integer-of-5000-digits"),
     pytest.param("-0.0", id="negative-zero"),
     pytest.param("12345678901234567890123456789", id="big-integer"),
     pytest.param("null", id="null"),
@@ -328,3 +332,42 @@ def test_deadlines_at_the_edges_of_the_range_round_trip(
     store.register_waiter(run, "a", "sig", deadline)
     waiter = store.get_waiter(run, "a")
     assert waiter is not None and waiter.expires_at == deadline
+
+
+def test_a_closed_store_refuses_every_call(store: SignalStore, run: uuid.UUID) -> None:
+    store.register_waiter(run, "a", "sig")
+    store.close()
+    store.close()  # idempotent
+    calls: list[Callable[[], object]] = [
+        lambda: store.register_waiter(run, "b", "sig"),
+        lambda: store.deliver_signal(run, "sig", "{}"),
+        lambda: store.get_waiter(run, "a"),
+        lambda: store.remove_waiter(run, "a"),
+        lambda: store.wait_for_signal(run, "a", timeout=0),
+        lambda: store.claim_expired(),
+        lambda: store.purge(older_than=timedelta(0)),
+        lambda: store.list_waiters(),
+        lambda: store.count_waiters(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreClosedError, match="the store is closed"):
+            call()
+
+
+def test_closing_the_store_ends_a_running_wait(store: SignalStore, run: uuid.UUID) -> None:
+    store.register_waiter(run, "a", "sig")
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            store.wait_for_signal(run, "a", timeout=60)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    time.sleep(0.2)
+    store.close()
+    waiting.join(30)
+    assert not waiting.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreClosedError)

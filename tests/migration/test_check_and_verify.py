@@ -10,7 +10,13 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, NullPool, create_engine, text
 
-from flowsignals import FlowSignalsError, PostgresSignalStore, SchemaNotAtHeadError, migrations
+from flowsignals import (
+    FlowSignalsError,
+    InvalidArgumentError,
+    PostgresSignalStore,
+    SchemaNotAtHeadError,
+    migrations,
+)
 from flowsignals.migrations.environment import DATABASE_URL_ENV
 from flowsignals.tables import VERSION_TABLE
 from flowsignals.urls import to_sqlalchemy_url
@@ -120,3 +126,12 @@ def test_offline_sql_for_a_quoted_schema_applies_as_printed(
 def test_offline_sql_from_head_to_head_changes_nothing() -> None:
     script = migrations.sql(start="fs_0003")
     assert "CREATE" not in script and "INSERT" not in script and "UPDATE" not in script
+
+
+@pytest.mark.parametrize("call", ["upgrade", "downgrade", "current", "check", "verify"])
+def test_an_empty_schema_name_is_refused_not_read_as_the_search_path(call: str) -> None:
+    # Nothing is connected to: the name is checked first.
+    function = getattr(migrations, call)
+    kwargs = {"revision": "base"} if call == "downgrade" else {}
+    with pytest.raises(InvalidArgumentError, match=r"^schema: must not be empty"):
+        function(UNREACHABLE_URL, "", **kwargs)

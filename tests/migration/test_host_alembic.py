@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, NullPool, create_engine, inspect, text
 
-from flowsignals import PostgresSignalStore, migrations
+from flowsignals import HostLineageError, PostgresSignalStore, migrations
 from flowsignals.tables import TABLE_NAME, VERSION_TABLE
 from flowsignals.urls import to_sqlalchemy_url
 
@@ -126,6 +126,12 @@ def test_host_upgrades_both_lineages_with_heads(host_project: Path, db: Engine) 
     # Two independent branches in one version table: one row per branch head.
     assert _versions(db) == ["fs_0003", "host_0001"]
     assert migrations.check(db) == ("fs_0003", "fs_0003")
+    # Our own lineage refuses to run there, rather than failing half-way on existing objects.
+    with pytest.raises(HostLineageError, match=r"recorded in the host application's alembic_"):
+        migrations.upgrade(db)
+    with pytest.raises(HostLineageError):
+        migrations.downgrade(db, revision="base")
+    assert _versions(db) == ["fs_0003", "host_0001"]
     with PostgresSignalStore(db, verify_schema=True) as store:
         store.register_waiter("00000000-0000-0000-0000-000000000001", "a", "sig")
         delivered = store.deliver_signal("00000000-0000-0000-0000-000000000001", "sig", "{}")
