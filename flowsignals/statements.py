@@ -265,7 +265,7 @@ def _claim_expired(table: Table) -> ClauseElement:
             c.delivered_at.is_(None),
             c.claimed_at.is_(None),
         )
-        .order_by(c.expires_at)
+        .order_by(c.expires_at, c.run_id, c.step_key)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
         .cte("due")

@@ -393,7 +393,8 @@ class PostgresSignalStore:
         commit, or roll back and the waiters are claimable again.
 
         Returns:
-            The claimed waiters (``claimed_at`` set), earliest deadline first.
+            The claimed waiters (``claimed_at`` set), earliest deadline first; a limited claim
+            takes tied deadlines in (``run_id``, ``step_key``) order.
 
         Raises:
             InvalidArgumentError: ``limit`` is not a positive int (at most 10,000).

@@ -306,11 +306,6 @@ def test_postgres_store_agrees_with_the_model(pg_store: PostgresSignalStore) -> 
     run_state_machine_as_test(StoresAgree, settings=MODEL_SETTINGS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: claim_expired's LIMIT orders by expires_at alone, so tied deadlines are"
-    " claimed in heap order, not by the documented (expires_at, run_id, step_key)",
-)
 def test_claim_expired_breaks_deadline_ties_as_the_model_does(
     pg_store: PostgresSignalStore,
 ) -> None:
