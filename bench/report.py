@@ -627,8 +627,11 @@ def write(run: Run, output: Path) -> Path:
             " in an order unrelated to the primary key), `VACUUM ANALYZE`d, with autovacuum off"
             " on every copy so that no vacuum lands on one contender's batches only. Both then"
             f" work through their copy in interleaved batches of {batch:,} rows (order rotated"
-            " every round) until a batch comes back empty: first every row is claimed, then"
-            " every claimed tombstone is purged (`older_than=0`). Rows/s = all rows over all"
+            " every round) until a batch comes back empty: first every row is claimed, then (after"
+            " an untimed `VACUUM ANALYZE` of both copies, as autovacuum would have run after"
+            " that many updates) every claimed tombstone is purged (`older_than=0`). Within a"
+            " phase nothing is vacuumed, so each purge batch's scan also walks over the rows"
+            " earlier batches deleted, alike for both. Rows/s = all rows over all"
             " the time spent, the last partial and empty batches included.",
             "",
             "- **floor**: raw psycopg, autocommit, prepared statements, the same work written by"
