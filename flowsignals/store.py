@@ -57,6 +57,9 @@ DEFAULT_POLL_INTERVAL = 0.5
 #: Pause before reading again after a wait's read failed on a lost connection (seconds).
 _RETRY_AFTER_CONNECTION_ERROR = 0.25
 
+#: Pause before marking a waiter watched again, when its row was locked (seconds).
+_RETRY_AFTER_LOCKED = 0.02
+
 #: A wait wakes this long after a deadline, so the server's clock has surely passed it.
 _PAST_DEADLINE = timedelta(milliseconds=2)
 
@@ -578,13 +581,16 @@ class PostgresSignalStore:
         interval: float,
     ) -> SignalWaiter:
         params = {"run": run, "step": step}
+        # With a listener the first read also marks the waiter watched, so that deliveries
+        # notify it (only watched waiters are notified); later reads are plain.
+        read = self._sql.watch if event is not None else self._sql.poll
         while True:
             if event is not None:
                 # Cleared before the read: a notification landing during it sets it again.
                 event.clear()
             pause = interval
             try:
-                rows, _ = self._executor.execute(None, self._sql.poll, params)
+                rows, _ = self._executor.execute(None, read, params)
             except OperationalError as exc:
                 # The server went away (restart, terminated backend): the pool reconnects.
                 lost: OperationalError | None = exc
@@ -593,8 +599,13 @@ class PostgresSignalStore:
                 lost = None
                 if not rows:
                     raise WaiterNotFoundError(run, step)
-                server_now: datetime = rows[0][-1]
-                waiter = waiter_from_row(rows[0][:-1])
+                *columns, server_now, marked = rows[0]
+                waiter = waiter_from_row(columns)
+                if marked:
+                    read = self._sql.poll
+                else:
+                    # The row was locked, not marked: try again soon, not at the re-check.
+                    pause = min(pause, _RETRY_AFTER_LOCKED)
                 if waiter.delivered_at is not None:
                     return waiter
                 expires_at = waiter.expires_at

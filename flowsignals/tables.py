@@ -59,6 +59,9 @@ def build_metadata(schema: str | None = None) -> MetaData:
         Column("delivered_at", DateTime(timezone=True), nullable=True),
         Column("payload_json", Text, nullable=True),
         Column("claimed_at", DateTime(timezone=True), nullable=True),
+        # When a LISTEN wait last began on this waiter. Only watched waiters are notified:
+        # NOTIFY serialises the commits of every notifying transaction in the cluster.
+        Column("watched_at", DateTime(timezone=True), nullable=True),
         PrimaryKeyConstraint("run_id", "step_key"),
         # Serves deliver_signal: all waiters of one (run, signal), read in creation order.
         Index(None, "run_id", "signal_name", "created_at"),

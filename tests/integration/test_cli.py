@@ -417,7 +417,7 @@ def test_migrate(empty_database_url: str) -> None:
     first = flowsignals("migrate", env_url=empty_database_url)
     assert (first.code, first.json) == (
         0,
-        {"status": "upgraded", "schema": None, "from_revision": None, "to_revision": "fs_0003"},
+        {"status": "upgraded", "schema": None, "from_revision": None, "to_revision": "fs_0004"},
     )
     second = flowsignals("migrate", "--revision", "head", env_url=empty_database_url)
     assert (second.code, second.json) == (
@@ -425,8 +425,8 @@ def test_migrate(empty_database_url: str) -> None:
         {
             "status": "up_to_date",
             "schema": None,
-            "from_revision": "fs_0003",
-            "to_revision": "fs_0003",
+            "from_revision": "fs_0004",
+            "to_revision": "fs_0004",
         },
     )
 
@@ -447,7 +447,7 @@ def test_migrate_sql_needs_no_database() -> None:
     result = flowsignals("migrate", "--sql")
     assert result.code == 0, result.stderr
     assert "CREATE TABLE" in result.stdout
-    assert "fs_0003" in result.stdout
+    assert "fs_0004" in result.stdout
 
 
 def test_migrate_check_exits_1_until_the_database_is_at_head(empty_database_url: str) -> None:
@@ -458,11 +458,11 @@ def test_migrate_check_exits_1_until_the_database_is_at_head(empty_database_url:
             "status": "behind",
             "schema": None,
             "current_revision": None,
-            "head_revision": "fs_0003",
+            "head_revision": "fs_0004",
         },
     )
     assert before.stderr == (
-        "flowsignals: the schema is at no revision (not installed), not at fs_0003: "
+        "flowsignals: the schema is at no revision (not installed), not at fs_0004: "
         "run 'flowsignals migrate'\n"
     )
     assert flowsignals("migrate", env_url=empty_database_url).code == 0

@@ -241,8 +241,15 @@ def test_notification_carries_identifiers_only_and_fires_on_commit(
     pg_store: PostgresSignalStore, engine: Engine, database_url: str, run: uuid.UUID
 ) -> None:
     pg_store.register_waiter(run, "step one", "sig")
+    pg_store.register_waiter(run, "unwatched", "other")
     with psycopg.connect(database_url, autocommit=True) as listening:
         listening.execute('LISTEN "flowsignals"')
+        # Nobody waits on this one, so its delivery sends nothing (NOTIFY serialises commits).
+        assert pg_store.deliver_signal(run, "other", "{}").delivered
+        assert list(listening.notifies(timeout=0.2)) == []
+        # A wait that began (and timed out) marks its waiter watched: deliveries notify it.
+        with pytest.raises(WaitTimeoutError):
+            pg_store.wait_for_signal(run, "step one", timeout=0)
         with engine.connect() as conn:
             pg_store.deliver_signal(run, "sig", '{"secret": "payload"}', conn=conn)
             assert list(listening.notifies(timeout=0.2)) == []  # not before commit
@@ -386,3 +393,22 @@ def test_bad_intervals_are_refused(kwargs: dict[str, Any], argument: str) -> Non
     with pytest.raises(InvalidArgumentError) as caught:
         PostgresSignalStore("postgresql://user@localhost/db", **kwargs)
     assert caught.value.argument == argument
+
+
+def test_a_wait_never_blocks_on_a_row_another_transaction_holds(
+    pg_store: PostgresSignalStore, engine: Engine, run: uuid.UUID
+) -> None:
+    # A caller's transaction holds the waiter's row lock (its delivery is not committed). The
+    # wait's first read skips the locked row instead of queueing behind it, so its timeout
+    # still holds; once the delivery commits, a wait sees it.
+    pg_store.register_waiter(run, "a", "sig")
+    with engine.connect() as conn:
+        assert pg_store.deliver_signal(run, "sig", '"held"', conn=conn).delivered
+        started = time.monotonic()
+        with pytest.raises(WaitTimeoutError):
+            pg_store.wait_for_signal(run, "a", timeout=0.3)
+        assert time.monotonic() - started < PATIENCE
+        waiting = Background(lambda: pg_store.wait_for_signal(run, "a", timeout=PATIENCE))
+        time.sleep(0.1)
+        conn.commit()
+    assert waiting.result().payload_json == '"held"'

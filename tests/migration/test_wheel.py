@@ -78,6 +78,7 @@ def test_the_wheel_contains_the_migrations(wheel: Path) -> None:
         "flowsignals/migrations/versions/0001_create_waiters.py",
         "flowsignals/migrations/versions/0002_claims_and_retention.py",
         "flowsignals/migrations/versions/0003_names_compare_bytewise.py",
+        "flowsignals/migrations/versions/0004_notify_watched_waiters.py",
     ]
     assert "flowsignals/py.typed" in names
     assert not [n for n in names if n.startswith(("alembic/", "tests/"))]
@@ -89,7 +90,7 @@ def _assert_migrated(url: str) -> None:
         assert set(inspect(engine).get_table_names()) == {TABLE_NAME, VERSION_TABLE}
         with engine.connect() as conn:
             rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
-            assert [tuple(r) for r in rows] == [("fs_0003",)]
+            assert [tuple(r) for r in rows] == [("fs_0004",)]
     finally:
         engine.dispose()
 
@@ -108,7 +109,7 @@ def test_installed_wheel_migrates_from_code(
 
     location, check = result.stdout.splitlines()
     assert Path(location).is_relative_to(venv), location
-    assert check == "('fs_0003', 'fs_0003')"
+    assert check == "('fs_0004', 'fs_0004')"
     _assert_migrated(empty_database_url)
 
 
@@ -133,7 +134,7 @@ def test_installed_wheel_migrates_with_flowsignals_migrate(
         "status": "upgraded",
         "schema": None,
         "from_revision": None,
-        "to_revision": "fs_0003",
+        "to_revision": "fs_0004",
     }
     _assert_migrated(empty_database_url)
     check = _run(command, "--database-url", empty_database_url, "migrate", "--check", cwd=elsewhere)
