@@ -26,7 +26,8 @@ def build_engine_and_pool(
 
     The pool runs the store's own operations; the engine (SQLAlchemy's pool, pre-ping on)
     serves :attr:`PostgresSignalStore.engine` and schema checks. Both connect with the same
-    settings: the dialect's translation of the URL plus the same ``connect_args``.
+    settings: the dialect's translation of the URL plus the same ``connect_args``; so does the
+    listener, through ``pool.connect(application_name=...)``.
     """
     url = to_sqlalchemy_url(database) if isinstance(database, str) else database
     connect_args: dict[str, Any] = {"application_name": application_name}
@@ -41,9 +42,11 @@ def build_engine_and_pool(
 
     _, dialect_args = engine.dialect.create_connect_args(engine.url)
     settings = {**dialect_args, **connect_args, "autocommit": True}
+    # Without a bound, connecting to an unreachable host can outlast any pool or wait timeout.
+    settings.setdefault("connect_timeout", 10)
 
-    def connect() -> psycopg.Connection[Any]:
-        return psycopg.connect(**settings)
+    def connect(**overrides: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(**{**settings, **overrides})
 
     pool = ConnectionPool(
         connect, max_size=max_connections, timeout=pool_timeout, pre_ping=pre_ping

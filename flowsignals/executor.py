@@ -82,6 +82,9 @@ class Executor:
     def _run(self, cursor: psycopg.Cursor[Any], sql: str, params: Mapping[str, Any]) -> Outcome:
         try:
             cursor.execute(sql, params, prepare=self._prepare)
+            # The result status, not ``cursor.description``, which builds column objects.
+            result = cursor.pgresult
+            rows = cursor.fetchall() if result is not None and result.status == _ROWS else []
         except psycopg.Error as exc:
             # The same exception a caller's own SQLAlchemy connection would raise. A connection
             # that is broken, or not idle after the error (a FATAL message read before libpq saw
@@ -91,9 +94,6 @@ class Executor:
             raise DBAPIError.instance(
                 sql, dict(params), exc, psycopg.Error, connection_invalidated=invalidated
             ) from exc
-        # The result status, not ``cursor.description``, which builds column objects.
-        result = cursor.pgresult
-        rows = cursor.fetchall() if result is not None and result.status == _ROWS else []
         return rows, cursor.rowcount
 
     def _execute_on_engine(self, sql: str, params: Mapping[str, Any]) -> Outcome:

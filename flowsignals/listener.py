@@ -135,6 +135,11 @@ class Listener:
                     self._listen(conn)
             except psycopg.Error as exc:
                 _log.warning("flowsignals listener lost its connection: %s", exc)
+            except Exception:
+                # Anything else must not end the thread silently: every wait would fall back
+                # to its re-check. Log it, wake the waits, and start over.
+                _log.exception("flowsignals listener failed; reconnecting")
+                self._wake_all()
             finally:
                 self._backend_pid = None
             if self._stopping.wait(backoff):
@@ -142,12 +147,15 @@ class Listener:
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
-        fd = conn.fileno()
+        # poll(), not select(): select() cannot take a descriptor above 1023.
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._stopping.is_set():
-            readable, _, _ = select.select([fd, self._wake_r], [], [], _HEARTBEAT)
-            if self._wake_r in readable:
+            ready = {fd for fd, _ in poller.poll(_HEARTBEAT * 1000)}
+            if self._wake_r in ready:
                 return
-            if not readable:
+            if not ready:
                 conn.execute("SELECT 1")
             # Raises OperationalError when the server closed the connection.
             for notify in conn.notifies(timeout=0):

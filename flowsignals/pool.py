@@ -35,7 +35,7 @@ class ConnectionPool:
     """A bounded pool of autocommit psycopg connections (thread-safe).
 
     Args:
-        connect: Opens a new autocommit connection.
+        connect: Opens a new autocommit connection; keyword arguments override its settings.
         max_size: Most connections open at once; further checkouts wait for one to come back.
         timeout: Seconds a checkout waits before raising ``sqlalchemy.exc.TimeoutError``.
         pre_ping: The liveness check on checkout (see :data:`PrePing`).
@@ -43,13 +43,15 @@ class ConnectionPool:
 
     def __init__(
         self,
-        connect: Callable[[], psycopg.Connection[Any]],
+        connect: Callable[..., psycopg.Connection[Any]],
         *,
         max_size: int,
         timeout: float,
         pre_ping: PrePing,
     ) -> None:
         self._connect = connect
+        #: Opens a new autocommit connection with the pool's settings (the listener uses it).
+        self.connect = connect
         self._max_size = max_size
         self._timeout = timeout
         self._pre_ping = pre_ping
@@ -92,11 +94,15 @@ class ConnectionPool:
             with self._returned:
                 cursor = self._take_or_reserve()
             if cursor is None:
-                # Binary results: psycopg parses text timestamps only in DateStyle ISO, and a
-                # server or role default of another DateStyle would fail each call after it
-                # had committed. Binary values do not depend on DateStyle.
-                return self._open().cursor(binary=True)
-            if self._alive(cursor.connection):
+                return self._open()
+            # From here the slot is ours: whatever interrupts (even KeyboardInterrupt), give it
+            # back, or the pool would shrink for good.
+            try:
+                alive = self._alive(cursor.connection)
+            except BaseException:
+                self._discard(cursor.connection)
+                raise
+            if alive:
                 return cursor
             self._discard(cursor.connection)
 
@@ -117,13 +123,21 @@ class ConnectionPool:
         self._size += 1
         return None
 
-    def _open(self) -> psycopg.Connection[Any]:
+    def _open(self) -> psycopg.Cursor[Any]:
+        """Open a connection in the slot just reserved; give the slot back if that fails."""
+        conn: psycopg.Connection[Any] | None = None
         try:
-            return self._connect()
+            conn = self._connect()
+            # Binary results: psycopg parses text timestamps only in DateStyle ISO, and a
+            # server or role default of another DateStyle would fail each call after it had
+            # committed. Binary values do not depend on DateStyle.
+            return conn.cursor(binary=True)
         except BaseException as exc:
             with self._returned:
                 self._size -= 1
                 self._returned.notify()
+            if conn is not None:
+                conn.close()
             if isinstance(exc, psycopg.Error):
                 # Raised as SQLAlchemy raises a failed connect from engine.connect().
                 raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
@@ -131,7 +145,16 @@ class ConnectionPool:
 
     def _checkin(self, cursor: psycopg.Cursor[Any]) -> None:
         conn = cursor.connection
-        if conn.closed or conn.broken or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        try:
+            reusable = not (
+                conn.closed
+                or conn.broken
+                or conn.info.transaction_status != pq.TransactionStatus.IDLE
+            )
+        except BaseException:
+            self._discard(conn)
+            raise
+        if not reusable:
             self._discard(conn)
             return
         with self._returned:
@@ -154,11 +177,14 @@ class ConnectionPool:
         if self._pre_ping == "socket":
             # An idle connection is sent nothing but a goodbye: a FATAL error (terminated
             # backend, server shutdown) and then the close. Whatever is there, do not reuse it.
+            # poll(), not select(): select() cannot take a descriptor above 1023, and a busy
+            # process has those.
+            poller = select.poll()
             try:
-                readable, _, _ = select.select([conn.fileno()], [], [], 0)
+                poller.register(conn.fileno(), select.POLLIN)
+                return not poller.poll(0)
             except (OSError, ValueError):
                 return False
-            return not readable
         if self._pre_ping == "query":
             try:
                 conn.execute("SELECT 1")

@@ -637,12 +637,22 @@ class PostgresSignalStore:
             return self._listener
 
     def _listener_connection(self) -> psycopg.Connection[Any]:
-        """A new autocommit connection to the engine's database, outside the pool."""
-        cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
-        params = dict(cparams)
-        params["application_name"] = self._listener_application_name
-        params.setdefault("connect_timeout", 10)
-        return psycopg.connect(*cargs, autocommit=True, **params)
+        """A new autocommit connection outside the pools, made as the store's others are.
+
+        From a URL: the pool's settings (``connect_args`` included). On a caller's Engine: one
+        of its connections, detached from its pool, so its ``creator`` and connect arguments
+        apply too.
+        """
+        name = self._listener_application_name
+        if self._pool is not None:
+            return self._pool.connect(application_name=name)
+        pooled = self._engine.raw_connection()
+        conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+        pooled.detach()
+        conn.rollback()
+        conn.autocommit = True
+        conn.execute("SELECT set_config('application_name', %s, false)", [name])
+        return conn
 
     @property
     def listener(self) -> Listener | None:

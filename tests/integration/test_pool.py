@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -100,3 +101,40 @@ def test_a_closed_store_refuses_calls_and_closes_its_connections(database_url: s
 def test_bad_pool_settings_are_refused(database_url: str, name: str, value: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=rf"^{name}: "):
         PostgresSignalStore(database_url, **{name: value})
+
+
+def test_an_interrupt_during_checkout_gives_the_slot_back(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with PostgresSignalStore(database_url, max_connections=1, pool_timeout=1) as store:
+        pool = store._pool
+        assert pool is not None
+        store.get_waiter(uuid.uuid4(), "a")
+
+        def interrupted(conn: object) -> bool:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(pool, "_alive", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                store.get_waiter(uuid.uuid4(), "a")
+        # The one slot came back: the next call gets a connection instead of timing out.
+        assert pool.size == 0
+        assert store.get_waiter(uuid.uuid4(), "a") is None
+        assert pool.size == 1
+
+
+def test_connections_are_reused_when_descriptors_run_past_1023(database_url: str) -> None:
+    pipes = [os.pipe() for _ in range(600)]
+    try:
+        with PostgresSignalStore(database_url) as store:
+            for _ in range(20):
+                store.get_waiter(uuid.uuid4(), "a")
+            pool = store._pool
+            assert pool is not None and pool.size == 1
+            conn_fd = pool._idle[0].connection.fileno()
+            assert conn_fd > 1023
+    finally:
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)

@@ -6,6 +6,7 @@ raised; latency is measured in bench/.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from flowsignals import (
     DeliveryStatus,
@@ -31,6 +32,7 @@ from flowsignals import (
     WaitTimeoutError,
 )
 from flowsignals.embedded import EmbeddedPostgres
+from flowsignals.urls import to_sqlalchemy_url
 
 #: Generous: a wait that should end "at once" must end well within this.
 PATIENCE = 30.0
@@ -412,3 +414,54 @@ def test_a_wait_never_blocks_on_a_row_another_transaction_holds(
         time.sleep(0.1)
         conn.commit()
     assert waiting.result().payload_json == '"held"'
+
+
+def _wakes_by_notification(store: PostgresSignalStore, run: uuid.UUID) -> None:
+    """A wait on a store whose re-check is an hour away returns: only a notification did it."""
+    store.register_waiter(run, "a", "sig")
+    waiting = Background(lambda: store.wait_for_signal(run, "a", timeout=PATIENCE))
+    listener_up = lambda: store.listener is not None and store.listener.backend_pid is not None  # noqa: E731
+    _eventually(listener_up, "the listener connected")
+    time.sleep(0.1)
+    assert store.deliver_signal(run, "sig", '"woken"').delivered
+    assert waiting.result().payload_json == '"woken"'
+    assert store.listener is not None and store.listener.connections == 1
+
+
+def test_the_listener_connects_with_the_stores_connect_args(
+    database_url: str, run: uuid.UUID
+) -> None:
+    # The URL names a dead port; connect_args name the live one. The listener used to connect
+    # from the URL alone, failing forever while every wait fell back to the re-check.
+    url = make_url(database_url)
+    dead = url.set(port=1).render_as_string(hide_password=False)
+    options = {"connect_args": {"port": url.port}}
+    with PostgresSignalStore(dead, engine_options=options, recheck_interval=3600) as store:
+        _wakes_by_notification(store, run)
+
+
+def test_the_listener_of_a_store_on_a_callers_engine_uses_that_engine(
+    database_url: str, run: uuid.UUID
+) -> None:
+    url = make_url(database_url)
+    dead = url.set(port=1)
+    engine = create_engine(
+        to_sqlalchemy_url(dead.render_as_string(hide_password=False)),
+        connect_args={"port": url.port},
+    )
+    with PostgresSignalStore(engine, recheck_interval=3600) as store:
+        _wakes_by_notification(store, run)
+    engine.dispose()
+
+
+def test_waits_wake_when_descriptors_run_past_1023(database_url: str, run: uuid.UUID) -> None:
+    # select() cannot take a descriptor above 1023; the listener's thread died on it silently.
+    pipes = [os.pipe() for _ in range(600)]
+    try:
+        with PostgresSignalStore(database_url, recheck_interval=3600) as store:
+            _wakes_by_notification(store, run)
+            assert store.listener is not None and store.listener.backend_pid is not None
+    finally:
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)
