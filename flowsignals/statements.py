@@ -95,7 +95,7 @@ def for_schema(schema: str | None) -> Statements:
         ),
         count_signal=_compile(_count(table, c.signal_name == _signal(table))),
         poll=_compile(
-            select(*waiter_columns(table), func.now(), true()).where(
+            select(*waiter_columns(table), func.statement_timestamp(), true()).where(
                 c.run_id == _run(table), c.step_key == _step(table)
             )
         ),
@@ -165,8 +165,8 @@ def state_condition(table: Table, state: WaiterState) -> ColumnElement[bool]:
     if state is WaiterState.CLAIMED:
         return and_(c.delivered_at.is_(None), c.claimed_at.is_not(None))
     if state is WaiterState.EXPIRED:
-        return and_(unfinished, c.expires_at <= func.now())
-    return and_(unfinished, or_(c.expires_at.is_(None), c.expires_at > func.now()))
+        return and_(unfinished, c.expires_at <= func.statement_timestamp())
+    return and_(unfinished, or_(c.expires_at.is_(None), c.expires_at > func.statement_timestamp()))
 
 
 def _table(schema: str | None) -> Table:
@@ -223,13 +223,13 @@ def _watch(table: Table) -> ClauseElement:
     marked = (
         table.update()
         .where(c.run_id == locked.c.run_id, c.step_key == locked.c.step_key)
-        .values(watched_at=func.now())
+        .values(watched_at=func.statement_timestamp())
         .returning(*waiter_columns(table))
         .cte("marked")
     )
     return union_all(
-        select(*marked.c, func.now(), true()),
-        select(*waiter_columns(table), func.now(), false()).where(
+        select(*marked.c, func.statement_timestamp(), true()),
+        select(*waiter_columns(table), func.statement_timestamp(), false()).where(
             is_key, ~exists(select(locked.c.run_id))
         ),
     )
@@ -307,7 +307,7 @@ def _claim_expired(table: Table) -> ClauseElement:
         select(c.run_id, c.step_key)
         .where(
             c.expires_at.is_not(None),
-            c.expires_at <= func.now(),
+            c.expires_at <= func.statement_timestamp(),
             c.delivered_at.is_(None),
             c.claimed_at.is_(None),
         )
@@ -324,13 +324,13 @@ def _claim_expired(table: Table) -> ClauseElement:
             c.delivered_at.is_(None),
             c.claimed_at.is_(None),
         )
-        .values(claimed_at=func.now())
+        .values(claimed_at=func.statement_timestamp())
         .returning(*waiter_columns(table), _notify(table))
     )
 
 
 def _purge_batch(table: Table) -> ClauseElement:
-    """One purge batch: delete up to ``batch`` waiters finished before now() - ``age``.
+    """One purge batch: delete up to ``batch`` waiters finished more than ``age`` ago.
 
     SKIP LOCKED: a purge never waits for a row and so never holds its locks for long nor
     deadlocks with a delivery that locks a run's waiters in creation order; a row skipped now
@@ -338,7 +338,7 @@ def _purge_batch(table: Table) -> ClauseElement:
     undone, so a pending waiter is never deleted.
     """
     c = table.c
-    cutoff = func.now() - bindparam("age", type_=Interval())
+    cutoff = func.statement_timestamp() - bindparam("age", type_=Interval())
     doomed = (
         select(c.run_id, c.step_key)
         .where(or_(c.delivered_at < cutoff, c.claimed_at < cutoff))
@@ -387,7 +387,7 @@ def _deliver(table: Table) -> ClauseElement:
     pending = and_(
         m.delivered_at.is_(None),
         m.claimed_at.is_(None),
-        or_(m.expires_at.is_(None), m.expires_at > func.now()),
+        or_(m.expires_at.is_(None), m.expires_at > func.statement_timestamp()),
     )
     target = (
         select(m.step_key).where(pending).order_by(m.created_at, m.step_key).limit(_ONE)
@@ -396,7 +396,7 @@ def _deliver(table: Table) -> ClauseElement:
         table.update()
         .where(c.run_id == run, c.step_key == target)
         .values(
-            delivered_at=func.now(),
+            delivered_at=func.statement_timestamp(),
             payload_json=bindparam("payload", type_=c.payload_json.type),
         )
         .returning(c.step_key, c.delivered_at, _notify(table))

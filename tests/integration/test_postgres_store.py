@@ -15,7 +15,13 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from flowsignals import DeliveryResult, DeliveryStatus, InvalidArgumentError, PostgresSignalStore
+from flowsignals import (
+    DeliveryResult,
+    DeliveryStatus,
+    InvalidArgumentError,
+    PostgresSignalStore,
+    WaiterExpiredError,
+)
 from flowsignals.urls import to_sqlalchemy_url
 
 
@@ -134,23 +140,32 @@ def test_store_never_ends_the_callers_transaction(
     assert pg_store.get_waiter(run, "a") is None
 
 
-def test_expiry_is_judged_by_the_servers_clock(
+def test_expiry_is_judged_by_the_servers_clock_at_each_statement(
     pg_store: PostgresSignalStore, engine: Engine
 ) -> None:
-    # Inside a transaction the server's now() stands still at the transaction's start, so a
-    # deadline that the application's clock has passed is still in the future for the server.
+    # Deadlines are judged by the server's statement_timestamp(), not by now(), which stands
+    # still at a transaction's start: a delivery made after the deadline inside a transaction
+    # begun before it is EXPIRED, as a wait on that waiter says at the same moment. With now(),
+    # the step could be told "expired" by its wait while the table recorded a delivery.
     run = uuid.uuid4()
     with engine.begin() as conn:
-        server_now = conn.execute(text("SELECT now()")).scalar_one()
-        pg_store.register_waiter(run, "a", "sig", server_now + timedelta(seconds=0.3), conn=conn)
+        started = conn.execute(text("SELECT now()")).scalar_one()
+        pg_store.register_waiter(run, "a", "sig", started + timedelta(seconds=0.3), conn=conn)
         time.sleep(0.5)
-        assert datetime.now(timezone.utc) > server_now + timedelta(seconds=0.3)
+        assert conn.execute(text("SELECT now()")).scalar_one() == started
         result = pg_store.deliver_signal(run, "sig", "{}", conn=conn)
-    assert result == DeliveryResult(DeliveryStatus.DELIVERED, "a", server_now)
-    # Outside, with the server's clock moving, the same kind of deadline is honoured.
-    pg_store.register_waiter(run, "b", "sig-b", datetime.now(timezone.utc) + timedelta(seconds=0.2))
-    time.sleep(0.4)
-    assert pg_store.deliver_signal(run, "sig-b", "{}").status is DeliveryStatus.EXPIRED
+    assert result == DeliveryResult(DeliveryStatus.EXPIRED, "a")
+    with pytest.raises(WaiterExpiredError):
+        pg_store.wait_for_signal(run, "a", timeout=0)
+    # Before its deadline, a delivery in a transaction is stamped with its statement's time.
+    with engine.begin() as conn:
+        started = conn.execute(text("SELECT now()")).scalar_one()
+        pg_store.register_waiter(run, "b", "sig-b", started + timedelta(hours=1), conn=conn)
+        time.sleep(0.2)
+        delivered = pg_store.deliver_signal(run, "sig-b", "{}", conn=conn)
+    assert delivered.status is DeliveryStatus.DELIVERED
+    assert delivered.delivered_at is not None
+    assert delivered.delivered_at >= started + timedelta(seconds=0.2)
 
 
 def test_waiters_created_together_are_served_by_step_key(
