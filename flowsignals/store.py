@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from flowsignals import statements as sql
 from flowsignals.engine import build_engine_and_pool
@@ -591,9 +592,10 @@ class PostgresSignalStore:
             pause = interval
             try:
                 rows, _ = self._executor.execute(None, read, params)
-            except OperationalError as exc:
-                # The server went away (restart, terminated backend): the pool reconnects.
-                lost: OperationalError | None = exc
+            except (OperationalError, PoolTimeoutError) as exc:
+                # The server went away (restart, terminated backend): the pool reconnects. Or
+                # every connection is busy: a long wait outlasts that too.
+                lost: SQLAlchemyError | None = exc
                 pause = min(interval, _RETRY_AFTER_CONNECTION_ERROR)
             else:
                 lost = None

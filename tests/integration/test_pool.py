@@ -138,3 +138,25 @@ def test_connections_are_reused_when_descriptors_run_past_1023(database_url: str
         for read_end, write_end in pipes:
             os.close(read_end)
             os.close(write_end)
+
+
+def test_a_wait_outlasts_a_busy_pool(database_url: str) -> None:
+    with PostgresSignalStore(
+        database_url, max_connections=1, pool_timeout=0.1, listen=False, poll_interval=0.05
+    ) as store:
+        run = uuid.uuid4()
+        store.register_waiter(run, "a", "sig")
+        pool = store._pool
+        assert pool is not None
+        results: list[object] = []
+        with pool.cursor():
+            waiting = threading.Thread(
+                target=lambda: results.append(store.wait_for_signal(run, "a", timeout=30))
+            )
+            waiting.start()
+            time.sleep(0.5)  # several of the wait's reads find the only connection taken
+        assert store.deliver_signal(run, "sig", '"late"').delivered
+        waiting.join(30)
+        assert len(results) == 1
+        waiter = results[0]
+        assert getattr(waiter, "payload_json", None) == '"late"'
