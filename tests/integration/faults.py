@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,3 +65,29 @@ def lock_waiters(admin: psycopg.Connection[Any], application_name: str) -> list[
         (application_name,),
     ).fetchall()
     return [pid for (pid,) in rows]
+
+
+@contextmanager
+def random_kills(url: str, application_name: str) -> Iterator[Counter[str]]:
+    """Terminate the backends of ``application_name`` every 5 to 30 ms while the block runs.
+
+    Yields the running count of terminations (key ``"terminated"``).
+    """
+    stop = threading.Event()
+    kills = Counter[str]()
+
+    def killer() -> None:
+        with admin_connection(url) as own:
+            while not stop.is_set():
+                for pid in backends(own, application_name):
+                    own.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    kills["terminated"] += 1
+                stop.wait(random.uniform(0.005, 0.03))
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        yield kills
+    finally:
+        stop.set()
+        thread.join(15)

@@ -14,7 +14,6 @@ to two claimers.
 from __future__ import annotations
 
 import functools
-import random
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from tests.integration.faults import (
     admin_connection,
     backends,
     lock_waiters,
+    random_kills,
     terminate,
     wait_until,
 )
@@ -240,22 +240,10 @@ def test_deliveries_under_random_kills_record_each_payload_exactly_once(
     # kill lands, the waiter ends with exactly one payload, one of its senders'; at most one
     # sender is told DELIVERED (and then it is its payload), every other one ALREADY_DELIVERED.
     rounds, runs_per_round, senders_per_run = 40, 2, 2
-    stop = threading.Event()
-    kills = Counter[str]()
-
-    def killer() -> None:
-        with admin_connection(store.engine.url.render_as_string(hide_password=False)) as own:
-            while not stop.is_set():
-                for pid in backends(own, app_name):
-                    own.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                    kills["terminated"] += 1
-                stop.wait(random.uniform(0.005, 0.03))
-
     errors = Counter[str]()
     statuses = Counter[DeliveryStatus]()
-    kill_thread = threading.Thread(target=killer, daemon=True)
-    kill_thread.start()
-    try:
+    url = store.engine.url.render_as_string(hide_password=False)
+    with random_kills(url, app_name) as kills:
         for _ in range(rounds):
             runs = [uuid.uuid4() for _ in range(runs_per_round)]
             for run in runs:
@@ -298,9 +286,6 @@ def test_deliveries_under_random_kills_record_each_payload_exactly_once(
                 assert len(winners) <= 1
                 if winners:
                     assert waiter.payload_json == f'{{"sender": {winners[0]}}}'
-    finally:
-        stop.set()
-        kill_thread.join(JOIN_SECONDS)
     print(f"\nrandom kills: {dict(kills)} {dict(errors)} {dict(statuses)}")
     assert kills["terminated"] > 0
 
@@ -684,22 +669,10 @@ def test_claims_under_random_kills_never_hand_a_waiter_out_twice(
     # after the server committed) claimed waiters its caller never saw: they are counted, and
     # list_waiters(state="claimed") is how a sweeper finds them (docs/guarantees.md).
     rounds, per_round, claimers = 15, 40, 4
-    stop = threading.Event()
-    kills = Counter[str]()
-
-    def killer() -> None:
-        with admin_connection(store.engine.url.render_as_string(hide_password=False)) as own:
-            while not stop.is_set():
-                for pid in backends(own, app_name):
-                    own.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                    kills["terminated"] += 1
-                stop.wait(random.uniform(0.005, 0.03))
-
     errors = Counter[str]()
     unreported = 0
-    kill_thread = threading.Thread(target=killer, daemon=True)
-    kill_thread.start()
-    try:
+    url = store.engine.url.render_as_string(hide_password=False)
+    with random_kills(url, app_name) as kills:
         for _ in range(rounds):
             run = uuid.uuid4()
             for i in range(per_round):
@@ -748,8 +721,5 @@ def test_claims_under_random_kills_never_hand_a_waiter_out_twice(
             for waiter in returned:
                 assert table[waiter.run_id, waiter.step_key] == waiter
             unreported += per_round - len(returned)
-    finally:
-        stop.set()
-        kill_thread.join(JOIN_SECONDS)
     print(f"\nclaims under random kills: {dict(kills)} {dict(errors)} unreported={unreported}")
     assert kills["terminated"] > 0
