@@ -11,7 +11,9 @@ column as a value to SET.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -43,7 +45,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from typing_extensions import Unpack
 
-from flowsignals.results import WaiterState
+from flowsignals.results import SignalWaiter, WaiterState
 from flowsignals.tables import TABLE_NAME, build_metadata
 
 #: LISTEN/NOTIFY channel of the waiter table on the search_path (see :func:`notify_channel`).
@@ -236,7 +238,7 @@ def _watch(table: Table) -> ClauseElement:
 
 
 def waiter_columns(table: Table) -> tuple[ColumnElement[object], ...]:
-    """The columns of a waiter, in the order :func:`flowsignals.store.waiter_from_row` reads."""
+    """The columns of a waiter, in the order :func:`waiter_from_row` reads."""
     c = table.c
     return (
         c.run_id,
@@ -248,6 +250,26 @@ def waiter_columns(table: Table) -> tuple[ColumnElement[object], ...]:
         c.payload_json,
         c.claimed_at,
     )
+
+
+def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
+    """Build a SignalWaiter from a row of :func:`waiter_columns`, its datetimes in UTC."""
+    run_id, step_key, signal_name, created_at, expires_at, delivered_at, payload_json, claimed = row
+    return SignalWaiter(
+        run_id=run_id,
+        step_key=step_key,
+        signal_name=signal_name,
+        created_at=created_at.astimezone(timezone.utc),
+        expires_at=as_utc(expires_at),
+        delivered_at=as_utc(delivered_at),
+        payload_json=payload_json,
+        claimed_at=as_utc(claimed),
+    )
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    # psycopg returns the session's time zone; results are always in UTC whatever it is.
+    return None if value is None else value.astimezone(timezone.utc)
 
 
 def select_waiter(table: Table) -> Select[Unpack[tuple[Any, ...]]]:

@@ -5,23 +5,18 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from flowsignals import statements as sql
 from flowsignals.engine import build_engine_and_pool
 from flowsignals.errors import (
     InvalidArgumentError,
-    WaiterExpiredError,
-    WaiterNotFoundError,
-    WaitTimeoutError,
 )
 from flowsignals.executor import CallerConnection, Executor
 from flowsignals.listener import Listener
@@ -49,20 +44,12 @@ from flowsignals.validation import (
     check_timeout,
     check_wait_conn,
 )
+from flowsignals.waiting import wait_for_delivery
 
 #: Default pause between table reads of a wait: with LISTEN, a safety net behind the
 #: notifications; without it (``listen=False``), the polling interval.
 DEFAULT_RECHECK_INTERVAL = 5.0
 DEFAULT_POLL_INTERVAL = 0.5
-
-#: Pause before reading again after a wait's read failed on a lost connection (seconds).
-_RETRY_AFTER_CONNECTION_ERROR = 0.25
-
-#: Pause before marking a waiter watched again, when its row was locked (seconds).
-_RETRY_AFTER_LOCKED = 0.02
-
-#: A wait wakes this long after a deadline, so the server's clock has surely passed it.
-_PAST_DEADLINE = timedelta(milliseconds=2)
 
 _OUTCOMES = {
     sql.OUTCOME_DELIVERED: DeliveryStatus.DELIVERED,
@@ -289,7 +276,7 @@ class PostgresSignalStore:
         if not rows:
             return DeliveryResult(DeliveryStatus.NOT_FOUND)
         outcome, step_key, delivered_at = rows[0]
-        return DeliveryResult(_OUTCOMES[outcome], step_key, _utc(delivered_at))
+        return DeliveryResult(_OUTCOMES[outcome], step_key, sql.as_utc(delivered_at))
 
     def get_waiter(
         self,
@@ -305,7 +292,7 @@ class PostgresSignalStore:
         """
         params = {"run": check_run_id(run_id), "step": check_name("step_key", step_key)}
         rows, _ = self._executor.execute(conn, self._sql.get, params)
-        return waiter_from_row(rows[0]) if rows else None
+        return sql.waiter_from_row(rows[0]) if rows else None
 
     def remove_waiter(
         self,
@@ -375,10 +362,11 @@ class PostgresSignalStore:
         seconds = check_timeout("timeout", timeout)
         check_wait_conn(conn)
         deadline = time.monotonic() + seconds
+        wait = (self._executor, self._sql, run, step, seconds, deadline)
         if not self._listen:
-            return self._wait(run, step, seconds, deadline, None, self._poll_interval)
+            return wait_for_delivery(*wait, None, self._poll_interval)
         with self._get_listener().subscribe(run, step) as event:
-            return self._wait(run, step, seconds, deadline, event, self._recheck_interval)
+            return wait_for_delivery(*wait, event, self._recheck_interval)
 
     def claim_expired(
         self, *, limit: int = 100, conn: CallerConnection | None = None
@@ -405,7 +393,7 @@ class PostgresSignalStore:
         """
         params = {"limit": check_limit("limit", limit), "channel": self._channel}
         rows, _ = self._executor.execute(conn, self._sql.claim_expired, params)
-        waiters = [waiter_from_row(row[:-1]) for row in rows]
+        waiters = [sql.waiter_from_row(row[:-1]) for row in rows]
         return sorted(waiters, key=lambda w: (w.expires_at, w.run_id, w.step_key))
 
     def purge(
@@ -502,7 +490,7 @@ class PostgresSignalStore:
             after=cursor is not None,
         )
         rows, _ = self._executor.execute(conn, statement, params)
-        return [waiter_from_row(row) for row in rows]
+        return [sql.waiter_from_row(row) for row in rows]
 
     def count_waiters(
         self,
@@ -572,61 +560,6 @@ class PostgresSignalStore:
         url = self._engine.url.render_as_string(hide_password=True)
         return f"<PostgresSignalStore {url} schema={self._schema!r}>"
 
-    def _wait(
-        self,
-        run: uuid.UUID,
-        step: str,
-        timeout: float,
-        deadline: float,
-        event: threading.Event | None,
-        interval: float,
-    ) -> SignalWaiter:
-        params = {"run": run, "step": step}
-        # With a listener the first read also marks the waiter watched, so that deliveries
-        # notify it (only watched waiters are notified); later reads are plain.
-        read = self._sql.watch if event is not None else self._sql.poll
-        while True:
-            if event is not None:
-                # Cleared before the read: a notification landing during it sets it again.
-                event.clear()
-            pause = interval
-            try:
-                rows, _ = self._executor.execute(None, read, params)
-            except (OperationalError, PoolTimeoutError) as exc:
-                # The server went away (restart, terminated backend): the pool reconnects. Or
-                # every connection is busy: a long wait outlasts that too.
-                lost: SQLAlchemyError | None = exc
-                pause = min(interval, _RETRY_AFTER_CONNECTION_ERROR)
-            else:
-                lost = None
-                if not rows:
-                    raise WaiterNotFoundError(run, step)
-                *columns, server_now, marked = rows[0]
-                waiter = waiter_from_row(columns)
-                if marked:
-                    read = self._sql.poll
-                else:
-                    # The row was locked, not marked: try again soon, not at the re-check.
-                    pause = min(pause, _RETRY_AFTER_LOCKED)
-                if waiter.delivered_at is not None:
-                    return waiter
-                expires_at = waiter.expires_at
-                if waiter.claimed_at is not None or (
-                    expires_at is not None and expires_at <= server_now
-                ):
-                    raise WaiterExpiredError(waiter)
-                if expires_at is not None:
-                    until_expiry = expires_at - server_now + _PAST_DEADLINE
-                    pause = min(pause, until_expiry.total_seconds())
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeoutError(run, step, timeout) from lost
-            pause = min(pause, remaining)
-            if event is not None:
-                event.wait(pause)
-            else:
-                time.sleep(pause)
-
     def _get_listener(self) -> Listener:
         with self._listener_lock:
             if self._listener is None:
@@ -660,23 +593,3 @@ class PostgresSignalStore:
     def listener(self) -> Listener | None:
         """The store's listener, once a wait has started it (for monitoring and tests)."""
         return self._listener
-
-
-def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
-    """Build a SignalWaiter from a row of :func:`flowsignals.statements.waiter_columns`."""
-    run_id, step_key, signal_name, created_at, expires_at, delivered_at, payload_json, claimed = row
-    return SignalWaiter(
-        run_id=run_id,
-        step_key=step_key,
-        signal_name=signal_name,
-        created_at=created_at.astimezone(timezone.utc),
-        expires_at=_utc(expires_at),
-        delivered_at=_utc(delivered_at),
-        payload_json=payload_json,
-        claimed_at=_utc(claimed),
-    )
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # psycopg returns the session's time zone; results are always in UTC whatever it is.
-    return None if value is None else value.astimezone(timezone.utc)

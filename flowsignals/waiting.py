@@ -1,0 +1,104 @@
+"""The blocking wait's loop: read the table, then sleep until a hint, a re-check or a deadline.
+
+The table is the truth; a notification only ends a sleep early. Each read is its own transaction
+on a pooled connection, so a wait holds neither a connection nor a snapshot while it sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from flowsignals.errors import WaiterExpiredError, WaiterNotFoundError, WaitTimeoutError
+from flowsignals.executor import Executor
+from flowsignals.results import SignalWaiter
+from flowsignals.statements import Statements, waiter_from_row
+
+#: Pause before reading again after a wait's read failed on a lost connection (seconds).
+_RETRY_AFTER_CONNECTION_ERROR = 0.25
+
+#: Pause before marking a waiter watched again, when its row was locked (seconds).
+_RETRY_AFTER_LOCKED = 0.02
+
+#: A wait wakes this long after a deadline, so the server's clock has surely passed it.
+_PAST_DEADLINE = timedelta(milliseconds=2)
+
+
+def wait_for_delivery(
+    executor: Executor,
+    statements: Statements,
+    run: uuid.UUID,
+    step: str,
+    timeout: float,
+    deadline: float,
+    event: threading.Event | None,
+    interval: float,
+) -> SignalWaiter:
+    """Read the waiter until it is delivered, then return it; raise once it cannot be.
+
+    Args:
+        executor: Runs each read as its own transaction.
+        statements: The store's compiled SQL.
+        run: The workflow run.
+        step: The step within the run.
+        timeout: The caller's timeout in seconds, for the error message.
+        deadline: ``time.monotonic()`` value after which the wait gives up.
+        event: Set by the listener when a notification for this waiter arrives (or when it
+            reconnects); ``None`` when polling.
+        interval: Longest sleep between reads.
+
+    Raises:
+        WaitTimeoutError: ``deadline`` passed with the waiter still pending.
+        WaiterNotFoundError: There is no such waiter, or it was removed while waiting.
+        WaiterExpiredError: Its deadline passed (server clock) undelivered, or it was claimed.
+    """
+    params = {"run": run, "step": step}
+    # With a listener the first read also marks the waiter watched, so that deliveries
+    # notify it (only watched waiters are notified); later reads are plain.
+    read = statements.watch if event is not None else statements.poll
+    while True:
+        if event is not None:
+            # Cleared before the read: a notification landing during it sets it again.
+            event.clear()
+        pause = interval
+        try:
+            rows, _ = executor.execute(None, read, params)
+        except (OperationalError, PoolTimeoutError) as exc:
+            # The server went away (restart, terminated backend): the pool reconnects. Or
+            # every connection is busy: a long wait outlasts that too.
+            lost: SQLAlchemyError | None = exc
+            pause = min(interval, _RETRY_AFTER_CONNECTION_ERROR)
+        else:
+            lost = None
+            if not rows:
+                raise WaiterNotFoundError(run, step)
+            *columns, server_now, marked = rows[0]
+            waiter = waiter_from_row(columns)
+            if marked:
+                read = statements.poll
+            else:
+                # The row was locked, not marked: try again soon, not at the re-check.
+                pause = min(pause, _RETRY_AFTER_LOCKED)
+            if waiter.delivered_at is not None:
+                return waiter
+            expires_at = waiter.expires_at
+            if waiter.claimed_at is not None or (
+                expires_at is not None and expires_at <= server_now
+            ):
+                raise WaiterExpiredError(waiter)
+            if expires_at is not None:
+                until_expiry = expires_at - server_now + _PAST_DEADLINE
+                pause = min(pause, until_expiry.total_seconds())
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeoutError(run, step, timeout) from lost
+        pause = min(pause, remaining)
+        if event is not None:
+            event.wait(pause)
+        else:
+            time.sleep(pause)
