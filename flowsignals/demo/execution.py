@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from sqlalchemy import func, select
 
+from flowsignals.demo.interrupts import DeferredInterrupt
 from flowsignals.demo.plan import Plan, RacingPair, Send, Task, WaiterKey, WaiterPlan
 from flowsignals.results import DeliveryResult, DeliveryStatus, SignalWaiter
 from flowsignals.store import PostgresSignalStore
@@ -169,46 +170,51 @@ def execute(plan: Plan, store: PostgresSignalStore, threads: int) -> Execution:
     last short deadline; send the late signals; read every waiter back.
 
     Raises:
-        KeyboardInterrupt: Interrupted; queued calls are cancelled and waiting racers released.
+        KeyboardInterrupt: Ctrl-C or SIGTERM, raised between steps (see
+            :mod:`flowsignals.demo.interrupts`): queued calls are cancelled, waiting racers
+            released, and the pool's threads have ended.
     """
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowsignals-demo")
-    runner = _Runner(store, executor)
-    execution = runner.execution
-    try:
-        started = time.perf_counter()
-        register_futures = [executor.submit(runner.register, w) for w in plan.waiters]
-        deadlines = [future.result() for future in register_futures]
-        for waiter in plan.reregistered:
-            created = runner.get(waiter.key)
-            execution.created_before[waiter.key] = None if created is None else created.created_at
+    with DeferredInterrupt() as interrupt:
+        executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowsignals-demo")
+        runner = _Runner(store, executor)
+        execution = runner.execution
+        try:
+            started = time.perf_counter()
+            deadlines = interrupt.results(
+                [executor.submit(runner.register, w) for w in plan.waiters]
+            )
+            for waiter in plan.reregistered:
+                interrupt.check()
+                created = runner.get(waiter.key)
+                execution.created_before[waiter.key] = (
+                    None if created is None else created.created_at
+                )
 
-        futures = [future for task in plan.on_time for future in runner.submit_task(task)]
-        for future in futures:
-            outcome = future.result()
-            if outcome is not None:
-                execution.outcomes.append(outcome)
-        execution.work_seconds += time.perf_counter() - started
+            futures = [future for task in plan.on_time for future in runner.submit_task(task)]
+            execution.outcomes += [o for o in interrupt.results(futures) if o is not None]
+            execution.work_seconds += time.perf_counter() - started
 
-        # The deadlines are the server's; wait until the last one has passed by its clock.
-        last = max((d for d in deadlines if d is not None), default=None)
-        if last is not None:
-            remaining = (last - runner.server_now()).total_seconds() + _DEADLINE_MARGIN_SECONDS
-            if remaining > 0:
-                time.sleep(remaining)
-                execution.waited_seconds = remaining
+            # The deadlines are the server's; wait until the last one has passed by its clock.
+            last = max((d for d in deadlines if d is not None), default=None)
+            if last is not None:
+                remaining = (last - runner.server_now()).total_seconds()
+                remaining += _DEADLINE_MARGIN_SECONDS
+                if remaining > 0:
+                    interrupt.sleep(remaining)
+                    execution.waited_seconds = remaining
 
-        started = time.perf_counter()
-        late_futures = [executor.submit(runner.deliver, send) for send in plan.late]
-        execution.outcomes += [future.result() for future in late_futures]
-        read_futures = [executor.submit(runner.get, w.key) for w in plan.waiters]
-        for waiter, read in zip(plan.waiters, read_futures, strict=True):
-            execution.waiters[waiter.key] = read.result()
-        execution.work_seconds += time.perf_counter() - started
-    except BaseException:
-        runner.abort()
-        executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    executor.shutdown(wait=True)
+            started = time.perf_counter()
+            late = [executor.submit(runner.deliver, send) for send in plan.late]
+            execution.outcomes += interrupt.results(late)
+            reads = [executor.submit(runner.get, w.key) for w in plan.waiters]
+            for waiter, read in zip(plan.waiters, interrupt.results(reads), strict=True):
+                execution.waiters[waiter.key] = read
+            execution.work_seconds += time.perf_counter() - started
+        except BaseException:
+            runner.abort()
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
+        executor.shutdown(wait=True)
     return execution
 
 
