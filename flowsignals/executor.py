@@ -75,8 +75,11 @@ class Executor:
             rows = [tuple(row) for row in result] if result.returns_rows else []
             return rows, count
         if self.pool is not None:
-            with self.pool.cursor() as cursor:
+            cursor = self.pool.checkout()
+            try:
                 return self._run(cursor, sql, params)
+            finally:
+                self.pool.checkin(cursor)
         return self._execute_on_engine(sql, params)
 
     def _run(self, cursor: psycopg.Cursor[Any], sql: str, params: Mapping[str, Any]) -> Outcome:

@@ -68,11 +68,11 @@ class ConnectionPool:
         measurable share of a call's cost. A connection that comes back broken, or not idle (an
         error read mid-statement can leave it busy), is closed instead of being reused.
         """
-        cursor = self._checkout()
+        cursor = self.checkout()
         try:
             yield cursor
         finally:
-            self._checkin(cursor)
+            self.checkin(cursor)
 
     def close(self) -> None:
         """Close idle connections now and the others when they come back."""
@@ -89,7 +89,12 @@ class ConnectionPool:
         """Connections open (idle or in use)."""
         return self._size
 
-    def _checkout(self) -> psycopg.Cursor[Any]:
+    def checkout(self) -> psycopg.Cursor[Any]:
+        """Check out a live connection's cursor; hand it back with :meth:`checkin`.
+
+        The hot path's form of :meth:`cursor`: a generator-based context manager costs more
+        than the rest of a checkout.
+        """
         while True:
             with self._returned:
                 cursor = self._take_or_reserve()
@@ -108,6 +113,8 @@ class ConnectionPool:
 
     def _take_or_reserve(self) -> psycopg.Cursor[Any] | None:
         """Pop an idle connection, or reserve a slot for a new one (None); waits when full."""
+        if self._idle and not self._closed:
+            return self._idle.pop()  # the usual case, without building wait_for's predicate
         if not self._returned.wait_for(
             lambda: self._closed or self._idle or self._size < self._max_size,
             timeout=self._timeout,
@@ -143,13 +150,15 @@ class ConnectionPool:
                 raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
             raise
 
-    def _checkin(self, cursor: psycopg.Cursor[Any]) -> None:
+    def checkin(self, cursor: psycopg.Cursor[Any]) -> None:
+        """Return a cursor from :meth:`checkout`: kept if its connection is idle, else closed."""
         conn = cursor.connection
         try:
+            # pgconn's status, not conn.info's: that builds a ConnectionInfo object per call.
             reusable = not (
                 conn.closed
                 or conn.broken
-                or conn.info.transaction_status != pq.TransactionStatus.IDLE
+                or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE
             )
         except BaseException:
             self._discard(conn)
