@@ -76,6 +76,7 @@ class Statements:
     count_signal: str
     poll: str
     watch: str
+    confirm: str
 
 
 @lru_cache(maxsize=32)
@@ -97,11 +98,12 @@ def for_schema(schema: str | None) -> Statements:
         ),
         count_signal=_compile(_count(table, c.signal_name == _signal(table))),
         poll=_compile(
-            select(*waiter_columns(table), func.statement_timestamp(), true()).where(
+            select(*waiter_columns(table), func.statement_timestamp(), false()).where(
                 c.run_id == _run(table), c.step_key == _step(table)
             )
         ),
         watch=_compile(_watch(table)),
+        confirm=_compile(_confirm(table)),
     )
 
 
@@ -231,6 +233,30 @@ def _watch(table: Table) -> ClauseElement:
     )
     return union_all(
         select(*marked.c, func.statement_timestamp(), true()),
+        select(*waiter_columns(table), func.statement_timestamp(), false()).where(
+            is_key, ~exists(select(locked.c.run_id))
+        ),
+    )
+
+
+def _confirm(table: Table) -> ClauseElement:
+    """A wait's read under a share lock, before it may call an undelivered waiter expired.
+
+    A plain read cannot tell a waiter nobody touches from one whose delivery holds the row and
+    has not committed (a caller's open transaction, a delivery in flight): that delivery was
+    decided, with the row locked, before the deadline. FOR SHARE conflicts with every lock
+    the store's writers take. A locked row is skipped, never waited for, and returned as this
+    statement's snapshot saw it with ``locked`` false: undecided, read again shortly. A row
+    read under the lock is its newest committed version; a delivery that locks it afterwards
+    judges the deadline by a later clock, so it too finds the waiter expired.
+    """
+    c = table.c
+    is_key = and_(c.run_id == _run(table), c.step_key == _step(table))
+    locked = (
+        select(*waiter_columns(table)).where(is_key).with_for_update(read=True, skip_locked=True)
+    ).cte("locked")
+    return union_all(
+        select(*locked.c, func.statement_timestamp(), true()),
         select(*waiter_columns(table), func.statement_timestamp(), false()).where(
             is_key, ~exists(select(locked.c.run_id))
         ),
@@ -390,9 +416,12 @@ def _deliver(table: Table) -> ClauseElement:
        LIMIT 1 here would be wrong: when the one locked row turns out to be taken, the scan
        would return nothing instead of moving on to the next pending waiter.
     2. ``delivered`` updates the oldest of them that is neither delivered, claimed nor expired,
-       by the server's clock, and notifies the waiter's channel (sent on commit, never on
-       rollback). A claim holds the row lock too, so a delivery racing a claim sees either the
-       claim (EXPIRED) or takes the row first (and the claim then skips it).
+       and notifies the waiter's channel (sent on commit, never on rollback). The deadline is
+       judged by ``clock_timestamp()`` as each row comes out of its lock, not by the
+       statement's start: a delivery that queued behind a lock past a deadline must not deliver
+       to a waiter that a wait (:func:`_confirm`) or a claim has meanwhile found expired. A
+       claim holds the row lock too, so a delivery racing a claim sees either the claim
+       (EXPIRED) or takes the row first (and the claim then skips it).
     3. The outer query reports, in priority order: what was delivered; else the latest earlier
        delivery; else the oldest expired waiter. No row at all means NOT_FOUND.
     """
@@ -409,7 +438,7 @@ def _deliver(table: Table) -> ClauseElement:
     pending = and_(
         m.delivered_at.is_(None),
         m.claimed_at.is_(None),
-        or_(m.expires_at.is_(None), m.expires_at > func.statement_timestamp()),
+        or_(m.expires_at.is_(None), m.expires_at > func.clock_timestamp()),
     )
     target = (
         select(m.step_key).where(pending).order_by(m.created_at, m.step_key).limit(_ONE)

@@ -58,13 +58,19 @@ def wait_for_delivery(
         WaiterExpiredError: Its deadline passed (server clock) undelivered, or it was claimed.
     """
     params = {"run": run, "step": step}
-    # With a listener the first read also marks the waiter watched, so that deliveries
-    # notify it (only watched waiters are notified); later reads are plain.
-    read = statements.watch if event is not None else statements.poll
+    # With a listener the first read also marks the waiter watched, so that deliveries notify
+    # it (only watched waiters are notified); later reads are plain.
+    watching = event is not None
+    # Set when a plain read showed the deadline passed: only a read under a lock may say so.
+    confirming = False
     while True:
         if event is not None:
             # Cleared before the read: a notification landing during it sets it again.
             event.clear()
+        if confirming:
+            read = statements.confirm
+        else:
+            read = statements.watch if watching else statements.poll
         pause = interval
         try:
             rows, _ = executor.execute(None, read, params)
@@ -77,21 +83,28 @@ def wait_for_delivery(
             lost = None
             if not rows:
                 raise WaiterNotFoundError(run, step)
-            *columns, server_now, marked = rows[0]
+            *columns, server_now, locked = rows[0]
             waiter = waiter_from_row(columns)
-            if marked:
-                read = statements.poll
-            else:
-                # The row was locked, not marked: try again soon, not at the re-check.
-                pause = min(pause, _RETRY_AFTER_LOCKED)
+            # Delivered and claimed are final, whoever holds the row now.
             if waiter.delivered_at is not None:
                 return waiter
-            expires_at = waiter.expires_at
-            if waiter.claimed_at is not None or (
-                expires_at is not None and expires_at <= server_now
-            ):
+            if waiter.claimed_at is not None:
                 raise WaiterExpiredError(waiter)
-            if expires_at is not None:
+            if read is statements.watch and locked:
+                watching = False
+            expires_at = waiter.expires_at
+            confirming = expires_at is not None and expires_at <= server_now
+            if confirming and locked:
+                # Read under a lock past its deadline: any delivery that takes the row from
+                # now on judges the deadline later still, and finds it passed too.
+                raise WaiterExpiredError(waiter)
+            if confirming and read is statements.poll:
+                continue  # confirm at once, even with no time left
+            if read is not statements.poll and not locked:
+                # Another transaction holds the row (a delivery in flight, a caller's open
+                # transaction): read again soon, not at the re-check.
+                pause = min(pause, _RETRY_AFTER_LOCKED)
+            elif expires_at is not None:
                 until_expiry = expires_at - server_now + _PAST_DEADLINE
                 pause = min(pause, until_expiry.total_seconds())
         remaining = deadline - time.monotonic()
