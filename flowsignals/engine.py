@@ -7,7 +7,9 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Engine, create_engine
+from sqlalchemy.exc import ArgumentError
 
+from flowsignals.errors import InvalidArgumentError
 from flowsignals.pool import ConnectionPool, PrePing
 from flowsignals.urls import to_sqlalchemy_url
 
@@ -29,16 +31,23 @@ def build_engine_and_pool(
     settings: the dialect's translation of the URL plus the same ``connect_args``; so does the
     listener, through ``pool.connect(application_name=...)``.
     """
-    url = to_sqlalchemy_url(database) if isinstance(database, str) else database
+    url = to_sqlalchemy_url(database)
     connect_args: dict[str, Any] = {"application_name": application_name}
     if not prepared_statements:
         # pgbouncer in transaction pooling mode moves sessions between server connections, so
         # a statement prepared on one is unknown on the next.
         connect_args["prepare_threshold"] = None
     options: dict[str, Any] = dict(engine_options)
-    connect_args.update(options.pop("connect_args", {}))
+    extra_connect_args = options.pop("connect_args", {})
+    if not isinstance(extra_connect_args, Mapping):
+        raise InvalidArgumentError("engine_options", "its connect_args must be a mapping")
+    connect_args.update(extra_connect_args)
     options.setdefault("pool_pre_ping", True)
-    engine = create_engine(url, connect_args=connect_args, **options)
+    try:
+        engine = create_engine(url, connect_args=connect_args, **options)
+    except (TypeError, ArgumentError) as exc:
+        # An option create_engine (or the pool it builds) does not take.
+        raise InvalidArgumentError("engine_options", str(exc)) from exc
 
     _, dialect_args = engine.dialect.create_connect_args(engine.url)
     settings = {**dialect_args, **connect_args, "autocommit": True}

@@ -78,6 +78,10 @@ class InMemorySignalStore:
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._max_payload_bytes = check_max_payload_bytes(max_payload_bytes)
+        if not callable(clock):
+            raise InvalidArgumentError(
+                "clock", f"must be a callable returning datetimes, not {type(clock).__name__}"
+            )
         self._clock = clock
         self._lock = threading.Lock()
         # Every change notifies it, waking wait_for_signal.
@@ -339,8 +343,8 @@ class InMemorySignalStore:
         self.close()
 
     def _now(self) -> datetime:
-        now = self._clock()
-        if now.tzinfo is None or now.utcoffset() is None:
+        now: object = self._clock()
+        if not isinstance(now, datetime) or now.utcoffset() is None:
             raise InvalidArgumentError("clock", "must return timezone-aware datetimes")
         return now.astimezone(timezone.utc)
 

@@ -31,7 +31,9 @@ from flowsignals.results import (
 )
 from flowsignals.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_SECONDS,
     check_after,
+    check_application_name,
     check_expires_at,
     check_interval,
     check_limit,
@@ -124,6 +126,13 @@ class PostgresSignalStore:
         self._listen = bool(listen)
         self._recheck_interval = check_interval("recheck_interval", recheck_interval)
         self._poll_interval = check_interval("poll_interval", poll_interval)
+        check_application_name(application_name)
+        if engine_options is not None and not isinstance(engine_options, Mapping):
+            raise InvalidArgumentError(
+                "engine_options",
+                "must be a mapping of create_engine arguments, "
+                f"not {type(engine_options).__name__}",
+            )
         self._listener_application_name = f"{application_name}-listener"[:63]
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
@@ -161,7 +170,7 @@ class PostgresSignalStore:
                     prepared_statements=prepared_statements,
                     engine_options=engine_options or {},
                     max_connections=max_connections,
-                    pool_timeout=check_timeout("pool_timeout", pool_timeout),
+                    pool_timeout=check_timeout("pool_timeout", pool_timeout, maximum=MAX_SECONDS),
                     pre_ping=pre_ping,
                 )
             except InvalidArgumentError as exc:

@@ -16,7 +16,7 @@ __all__ = ["to_sqlalchemy_url"]
 _ACCEPTED_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 
 
-def to_sqlalchemy_url(url: str) -> URL:
+def to_sqlalchemy_url(url: str | URL) -> URL:
     """Turn a libpq or SQLAlchemy PostgreSQL URL into a SQLAlchemy URL using psycopg 3.
 
     Accepted: ``postgresql://``, ``postgres://`` and ``postgresql+psycopg://``, including the
@@ -25,7 +25,7 @@ def to_sqlalchemy_url(url: str) -> URL:
     are passed through to libpq unchanged.
 
     Args:
-        url: The URL to convert.
+        url: The URL to convert: a string, or a SQLAlchemy URL whose scheme is checked alike.
 
     Returns:
         The URL with driver name ``postgresql+psycopg``.
@@ -33,10 +33,18 @@ def to_sqlalchemy_url(url: str) -> URL:
     Raises:
         InvalidArgumentError: ``url`` cannot be parsed, or names another database or driver.
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise InvalidArgumentError("url", f"must be a PostgreSQL URL, got {url!r}") from exc
+    if isinstance(url, URL):
+        parsed = url
+    else:
+        try:
+            parsed = make_url(url)
+            # A port that is not a number is only noticed when it is read.
+            parsed.port  # noqa: B018
+        except ArgumentError as exc:
+            raise InvalidArgumentError("url", f"must be a PostgreSQL URL, got {url!r}") from exc
+        except ValueError as exc:
+            # The text is not echoed: past the port it may hold a password.
+            raise InvalidArgumentError("url", "must have a numeric port") from exc
     if parsed.drivername not in _ACCEPTED_SCHEMES:
         raise InvalidArgumentError(
             "url",

@@ -8,6 +8,7 @@ they accept and reject exactly the same input.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import NoReturn
@@ -21,6 +22,13 @@ MAX_PAGE = 10_000
 
 #: Payload size limit when none is given: 1 MiB of UTF-8.
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+
+#: Longest sleep or lock wait Python can take (about 292 years): the bound of every interval.
+MAX_SECONDS = threading.TIMEOUT_MAX
+
+# A purge age beyond this is the same as this: no finish time a server stamped is older, and
+# subtracting more from its clock would leave the range of timestamps.
+_MAX_AGE = timedelta(days=365_000)
 
 # A deadline is read back in the session's time zone, whose offset can be up to 16 hours either
 # way; keeping a day inside Python's datetime range means reading it back can never overflow.
@@ -65,11 +73,16 @@ def check_expires_at(expires_at: object) -> datetime | None:
             "expires_at",
             f"must be a timezone-aware datetime or None, not {type(expires_at).__name__}",
         )
-    if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+    try:
+        offset = expires_at.utcoffset()
+    except (ValueError, TypeError) as exc:
+        # A tzinfo whose offset is not a timedelta within a day either way.
+        _fail("expires_at", f"must have a valid UTC offset: {exc}")
+    if offset is None:
         _fail("expires_at", "must be timezone-aware (a naive datetime is ambiguous)")
     try:
         utc = expires_at.astimezone(timezone.utc)
-    except OverflowError:
+    except (OverflowError, ValueError, TypeError):
         utc = None
     if utc is None or not _EARLIEST <= utc <= _LATEST:
         _fail("expires_at", "must lie between 0001-01-02 and 9999-12-30 UTC")
@@ -116,28 +129,43 @@ def check_max_payload_bytes(value: object) -> int:
     return value
 
 
-def check_timeout(argument: str, value: object) -> float:
-    """Check a duration in seconds (int, float or timedelta) that is finite and not negative."""
+def check_timeout(argument: str, value: object, *, maximum: float | None = None) -> float:
+    """Check a duration in seconds (int, float or timedelta) that is finite and not negative.
+
+    ``maximum``, where given, is the longest accepted (for a value handed to a lock's wait).
+    """
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = _seconds(argument, value)
     else:
         _fail(
             argument, f"must be seconds (int or float) or a timedelta, not {type(value).__name__}"
         )
     if not 0 <= seconds < float("inf"):
         _fail(argument, f"must be finite and not negative, not {value!r}")
+    if maximum is not None and seconds > maximum:
+        _fail(argument, f"must be at most {maximum:.0f} seconds, not {value!r}")
     return seconds
 
 
 def check_interval(argument: str, value: object) -> float:
-    """Check a polling interval in seconds: a positive, finite int or float."""
+    """Check a polling interval in seconds: positive, at most :data:`MAX_SECONDS`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(argument, f"must be seconds (int or float), not {type(value).__name__}")
-    if not 0 < value < float("inf"):
+    seconds = _seconds(argument, value)
+    if not 0 < seconds < float("inf"):
         _fail(argument, f"must be positive and finite, not {value!r}")
-    return float(value)
+    if seconds > MAX_SECONDS:
+        _fail(argument, f"must be at most {MAX_SECONDS:.0f} seconds, not {value!r}")
+    return seconds
+
+
+def _seconds(argument: str, value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        _fail(argument, "must be finite (this int is too large for a float)")
 
 
 def check_limit(argument: str, value: object, *, maximum: int | None = MAX_PAGE) -> int:
@@ -152,12 +180,12 @@ def check_limit(argument: str, value: object, *, maximum: int | None = MAX_PAGE)
 
 
 def check_older_than(value: object) -> timedelta:
-    """Check a purge age: a timedelta, not negative."""
+    """Check a purge age: a timedelta, not negative; beyond 1,000 years it means 1,000 years."""
     if not isinstance(value, timedelta):
         _fail("older_than", f"must be a timedelta, not {type(value).__name__}")
     if value < timedelta(0):
         _fail("older_than", f"must not be negative, not {value}")
-    return value
+    return min(value, _MAX_AGE)
 
 
 def check_state(value: object) -> WaiterState | None:
@@ -174,22 +202,39 @@ def check_state(value: object) -> WaiterState | None:
 
 
 def check_after(value: object) -> WaiterCursor | None:
-    """Check a keyset position: a SignalWaiter (the last of a page), a WaiterCursor, or None."""
+    """Check a keyset position: a SignalWaiter (the last of a page), a WaiterCursor, or None.
+
+    Either is checked field by field (a SignalWaiter can be built by hand) and returned as a
+    cursor whose ``run_id`` is a UUID.
+    """
     if value is None:
         return None
     if isinstance(value, SignalWaiter):
-        return value.cursor
-    if isinstance(value, WaiterCursor):
-        check_run_id(value.run_id)
-        check_name("after.step_key", value.step_key)
-        created = value.created_at
-        if not isinstance(created, datetime) or created.utcoffset() is None:
-            _fail("after", "must hold a timezone-aware created_at")
-        return value
-    _fail(
-        "after",
-        f"must be a SignalWaiter, a WaiterCursor or None, not {type(value).__name__}",
-    )
+        value = value.cursor
+    elif not isinstance(value, WaiterCursor):
+        _fail(
+            "after",
+            f"must be a SignalWaiter, a WaiterCursor or None, not {type(value).__name__}",
+        )
+    try:
+        run = check_run_id(value.run_id)
+        step = check_name("step_key", value.step_key)
+    except InvalidArgumentError as exc:
+        _fail("after", f"its {exc.argument} {exc.rule}")
+    created = value.created_at
+    if not isinstance(created, datetime) or created.utcoffset() is None:
+        _fail("after", "must hold a timezone-aware created_at")
+    return WaiterCursor(created, run, step)
+
+
+def check_application_name(value: object) -> str:
+    """Check the ``application_name`` a store reports: a str libpq can send."""
+    if not isinstance(value, str):
+        _fail("application_name", f"must be a str, not {type(value).__name__}")
+    if "\x00" in value:
+        _fail("application_name", "must not contain NUL characters")
+    _check_encodable("application_name", value)
+    return value
 
 
 def check_wait_conn(conn: object) -> None:

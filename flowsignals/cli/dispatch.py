@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from flowsignals.cli.diagnostics import UsageError, error, first_line, log_warnings_as_lines
 from flowsignals.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from flowsignals.cli.parser import build_parser
-from flowsignals.errors import InvalidArgumentError
+from flowsignals.errors import FlowSignalsError, InvalidArgumentError
 
 #: The store's argument names, as the command line spells them in messages.
 _CLI_ARGUMENT_NAMES = {
@@ -27,7 +27,6 @@ _CLI_ARGUMENT_NAMES = {
     "older_than": "--older-than",
     "state": "--state",
     "after": "--after",
-    "after.step_key": "--after",
     "url": "--database-url",
     "database": "--database-url",
     "schema": "--schema",
@@ -57,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = names.get(exc.argument, exc.argument)
         error(f"argument {name}: {exc.rule}")
         return EXIT_USAGE
+    except FlowSignalsError as exc:
+        # One the command does not turn into an outcome, such as HostLineageError from migrate.
+        error(" ".join(str(exc).split()))
+        return EXIT_ERROR
     except DBAPIError as exc:
         error(_describe_database_error(exc.orig if exc.orig is not None else exc))
         return EXIT_ERROR

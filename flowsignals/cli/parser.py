@@ -6,6 +6,7 @@ import argparse
 import os
 import textwrap
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 from flowsignals.cli import admin, signals
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"flowsignals {_version()}")
     _add_database_arguments(parser, default=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
@@ -277,3 +279,10 @@ def _add_page_size(
         default=default,
         help=f"{help_text}, 1 to {MAX_PAGE} (default: %(default)s)",
     )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("flowsignals")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"

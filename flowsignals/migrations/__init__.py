@@ -201,8 +201,10 @@ def sql(schema: str | None = None, revision: str = "head", *, start: str | None 
         start: Revision the database is at; ``None`` means an empty database.
 
     Raises:
+        InvalidArgumentError: ``schema`` is empty or otherwise not a valid name.
         alembic.util.CommandError: A revision is unknown.
     """
+    schema = _check_schema(schema)
     output = io.StringIO()
     config = alembic_config(schema=schema, stdout=output)
     command.upgrade(config, revision if start is None else f"{start}:{revision}", sql=True)

@@ -30,8 +30,10 @@ from sqlalchemy import URL, NullPool, create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateSchema
 
+from flowsignals.errors import InvalidArgumentError
 from flowsignals.tables import TABLE_NAME, VERSION_TABLE, build_metadata
 from flowsignals.urls import to_sqlalchemy_url
+from flowsignals.validation import check_name
 
 __all__ = ["DATABASE_URL_ENV", "MIGRATION_LOCK_KEY", "SCHEMA_OPTION", "run"]
 
@@ -62,14 +64,21 @@ def run() -> None:
     """Run the migrations Alembic asked for; called from ``env.py``.
 
     Raises:
-        CommandError: Online mode, and no connection or URL was given anywhere (the alembic
-            command line prints it as one line, without a traceback).
+        CommandError: Online mode, and no connection or URL was given anywhere, or the schema
+            is not a name the store accepts (the alembic command line prints it as one line,
+            without a traceback).
     """
     config = context.config
     if config.config_file_name is not None and config.file_config.has_section("loggers"):
         fileConfig(config.config_file_name, disable_existing_loggers=False)
     x_args = context.get_x_argument(as_dictionary=True)
     schema = config.attributes.get("schema") or x_args.get("schema") or None
+    if schema is not None:
+        try:
+            check_name("schema", schema)
+        except InvalidArgumentError as exc:
+            # The store would refuse this name; never build a schema it cannot use.
+            raise CommandError(f"-x {exc}") from exc
     config.attributes["schema"] = schema
 
     if context.is_offline_mode():

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import URL, create_engine
 
 from flowsignals import (
     DeliveryStatus,
@@ -66,6 +66,19 @@ def _remove(**overrides: Any) -> Call:
     return lambda store: store.remove_waiter(**args)
 
 
+class _OffsetOutOfRange(tzinfo):
+    """A tzinfo that Python's datetime refuses to use: its offset is more than a day."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=25)
+
+    def dst(self, dt: datetime | None) -> None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "+25"
+
+
 _naive = datetime(2999, 1, 1)
 _huge = "x" * (LIMIT - 1)
 
@@ -114,6 +127,11 @@ CASES: list[Any] = [
         "expires_at",
         id="expires_at-last-representable-day",
     ),
+    pytest.param(
+        _register(expires_at=datetime(2030, 1, 1, tzinfo=_OffsetOutOfRange())),
+        "expires_at",
+        id="expires_at-offset-over-a-day",
+    ),
     # payload_json
     pytest.param(_deliver(payload_json={"a": 1}), "payload_json", id="payload-dict"),
     pytest.param(_deliver(payload_json=b"{}"), "payload_json", id="payload-bytes"),
@@ -138,6 +156,12 @@ CASES: list[Any] = [
     ),
     pytest.param(_deliver(payload_json="[" * 100_000), "payload_json", id="payload-deep-open"),
     pytest.param(_deliver(payload_json="x" * 10_000_000), "payload_json", id="payload-10mb"),
+    # timeout
+    pytest.param(
+        lambda store: store.wait_for_signal(RUN, "pending", timeout=10**400),
+        "timeout",
+        id="wait-timeout-int-beyond-float",
+    ),
     # conn
     pytest.param(_get(conn="postgresql://x"), "conn", id="get-conn-str"),
     pytest.param(_register(conn=object()), "conn", id="register-conn-object"),
@@ -214,3 +238,60 @@ def test_an_unknown_pre_ping_is_refused() -> None:
 def test_a_bad_cursor_token_is_refused(token: str) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^token: is not a waiter cursor token"):
         WaiterCursor.from_token(token)
+
+
+_NOWHERE = "postgresql://nobody@/nowhere"
+
+
+@pytest.mark.parametrize(
+    ("options", "argument"),
+    [
+        ({"application_name": "\ud800"}, "application_name"),
+        ({"application_name": "a\x00b"}, "application_name"),
+        ({"application_name": 7}, "application_name"),
+        ({"engine_options": {"no_such_option": 1}}, "engine_options"),
+        ({"engine_options": "pool_size=5"}, "engine_options"),
+        ({"engine_options": {"connect_args": "x"}}, "engine_options"),
+        ({"pool_timeout": 1e10}, "pool_timeout"),
+        ({"pool_timeout": 10**400}, "pool_timeout"),
+        ({"recheck_interval": 1e10}, "recheck_interval"),
+        ({"poll_interval": 10**400}, "poll_interval"),
+    ],
+    ids=lambda value: repr(value)[:40] if not isinstance(value, str) else value,
+)
+def test_bad_store_options_are_refused(options: dict[str, Any], argument: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        PostgresSignalStore(_NOWHERE, **options)
+    assert caught.value.argument == argument
+    assert str(caught.value).startswith(f"{argument}: ")
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        "postgresql://localhost:notaport/db",
+        "postgresql://user:secret@localhost:5x/db",
+        URL.create("postgresql+psycopg2", database="x"),
+        URL.create("mysql", database="x"),
+    ],
+    ids=["port", "port-with-password", "url-object-psycopg2", "url-object-mysql"],
+)
+def test_bad_urls_are_refused_naming_the_database(database: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^database: ") as caught:
+        PostgresSignalStore(database)
+    assert "secret" not in str(caught.value)
+
+
+def test_a_url_object_is_taken_as_a_url(database_url: str) -> None:
+    from flowsignals.urls import to_sqlalchemy_url
+
+    with PostgresSignalStore(to_sqlalchemy_url(database_url).set(drivername="postgresql")) as store:
+        assert store.count_waiters().total == 0
+
+
+def test_an_in_memory_clock_must_be_a_clock() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^clock: must be a callable"):
+        InMemorySignalStore(clock="not callable")  # type: ignore[arg-type]
+    store = InMemorySignalStore(clock=lambda: 1_900_000_000)  # type: ignore[arg-type,return-value]
+    with pytest.raises(InvalidArgumentError, match=r"^clock: must return timezone-aware"):
+        store.register_waiter(RUN, "a", "sig")

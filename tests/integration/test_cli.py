@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from flowsignals import PostgresSignalStore
 from flowsignals.cli import parse_duration
 from flowsignals.embedded import EmbeddedPostgres
+from flowsignals.urls import to_sqlalchemy_url
 
 URL_ENV = "FLOWSIGNALS_DATABASE_URL"
 #: Nothing listens on port 1: a command that gets that far fails fast with "refused".
@@ -386,6 +387,15 @@ RUN = "6f1b5c38-9a43-4d5e-8a61-0e3f2b7c9d10"
             "argument --expires-in: must end before the year 9999",
         ),
         (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+        (
+            ["wait", RUN, "s", "--timeout", "1", "--poll-interval", "999999d"],
+            "argument --poll-interval: must be at most 9223372036 seconds",
+        ),
+        (
+            ["--database-url", "postgresql://u:secret@localhost:abc/db", "get", RUN, "s"],
+            "argument --database-url: must have a numeric port",
+        ),
+        (["migrate", "--sql", "--schema", " x"], "argument --schema: must not have leading"),
     ],
 )
 def test_bad_input_exits_2_naming_the_argument(args: list[str], message: str) -> None:
@@ -403,6 +413,41 @@ def test_unreachable_database_is_one_line_exit_1() -> None:
     assert result.stdout == ""
     assert result.stderr.startswith("flowsignals: error: cannot use the database: ")
     assert result.stderr.count("\n") == 1
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib import metadata
+
+    result = flowsignals("--version")
+    assert (result.code, result.stdout) == (0, f"flowsignals {metadata.version('flowsignals')}\n")
+
+
+def test_migrate_where_the_hosts_alembic_owns_our_schema_is_one_line_exit_1(
+    empty_database_url: str,
+) -> None:
+    # The host's alembic_version records our revision: our own lineage must not run here.
+    engine = create_engine(to_sqlalchemy_url(empty_database_url))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('fs_0004')"))
+    engine.dispose()
+    result = flowsignals("migrate", env_url=empty_database_url)
+    assert result.code == 1
+    assert result.stderr.startswith(
+        "flowsignals: error: flowsignals' revision 'fs_0004' is recorded in the host"
+    )
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_purge_age_beyond_any_finish_time_purges_nothing(
+    database_url: str, pg_store: PostgresSignalStore
+) -> None:
+    run = uuid.uuid4()
+    pg_store.register_waiter(run, "a", "sig")
+    assert pg_store.deliver_signal(run, "sig", "1").delivered
+    result = flowsignals("purge", "--older-than", "9999999d", env_url=database_url)
+    assert (result.code, result.json) == (0, {"purged": 0}), result.stderr
+    assert pg_store.count_waiters().delivered == 1
 
 
 def test_unmigrated_database_says_to_migrate(empty_database_url: str) -> None:

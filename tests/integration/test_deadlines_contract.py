@@ -19,6 +19,7 @@ from flowsignals import (
     InMemorySignalStore,
     InvalidArgumentError,
     SignalStore,
+    SignalWaiter,
     WaiterCounts,
     WaiterCursor,
     WaiterState,
@@ -223,6 +224,8 @@ def test_purge_limit_and_batches(store: SignalStore, run: uuid.UUID) -> None:
 
 Call = Callable[[SignalStore], object]
 
+_T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
 BAD: list[Any] = [
     pytest.param(lambda s: s.claim_expired(limit=0), "limit", id="claim-limit-zero"),
     pytest.param(lambda s: s.claim_expired(limit=10_001), "limit", id="claim-limit-huge"),
@@ -243,6 +246,21 @@ BAD: list[Any] = [
         "after",
         id="list-after-naive",
     ),
+    pytest.param(
+        lambda s: s.list_waiters(after=SignalWaiter("nope", "a", "sig", _T0, None, None, None)),  # type: ignore[arg-type]
+        "after",
+        id="list-after-made-up-waiter-run",
+    ),
+    pytest.param(
+        lambda s: s.list_waiters(after=SignalWaiter(uuid.uuid4(), "a\x00", "s", _T0, *[None] * 3)),
+        "after",
+        id="list-after-made-up-waiter-step",
+    ),
+    pytest.param(
+        lambda s: s.list_waiters(after=WaiterCursor("yesterday", uuid.uuid4(), "a")),  # type: ignore[arg-type]
+        "after",
+        id="list-after-created-str",
+    ),
     pytest.param(lambda s: s.count_waiters(run_id=7), "run_id", id="count-run"),
     pytest.param(lambda s: s.count_waiters(signal_name=""), "signal_name", id="count-signal"),
     pytest.param(lambda s: s.claim_expired(conn="conn"), "conn", id="claim-conn"),
@@ -260,6 +278,27 @@ def test_bad_arguments_name_the_argument_and_change_nothing(
     assert caught.value.argument == argument
     assert str(caught.value).startswith(f"{argument}: ")
     assert store.list_waiters() == before
+
+
+def test_a_cursor_with_a_str_run_id_pages_alike_on_both_stores(
+    store: SignalStore, run: uuid.UUID
+) -> None:
+    store.register_waiter(run, "a", "sig")
+    store.register_waiter(run, "b", "sig")
+    first = store.get_waiter(run, "a")
+    assert first is not None
+    cursor = WaiterCursor(first.created_at, str(run), "a")  # type: ignore[arg-type]
+    assert [w.step_key for w in store.list_waiters(run_id=run, after=cursor)] == ["b"]
+
+
+@pytest.mark.parametrize("days", [800_000, 3_000_000, timedelta.max.days])
+def test_a_purge_age_beyond_any_finish_time_purges_nothing(
+    store: SignalStore, run: uuid.UUID, days: int
+) -> None:
+    store.register_waiter(run, "a", "sig")
+    assert store.deliver_signal(run, "sig", "1").delivered
+    assert store.purge(older_than=timedelta(days=days)) == 0
+    assert store.count_waiters(run_id=run).delivered == 1
 
 
 def test_in_memory_clock_decides_expiry_and_purge_age(run: uuid.UUID) -> None:

@@ -465,3 +465,25 @@ def test_waits_wake_when_descriptors_run_past_1023(database_url: str, run: uuid.
         for read_end, write_end in pipes:
             os.close(read_end)
             os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"recheck_interval": 9e9}, {"listen": False, "poll_interval": 9e9}],
+    ids=["listen", "polling"],
+)
+def test_the_longest_intervals_and_timeouts_still_wake(
+    database_url: str, run: uuid.UUID, options: dict[str, Any]
+) -> None:
+    # Sleeps are bounded by threading.TIMEOUT_MAX (about 9.2e9 s); past it Event.wait and
+    # time.sleep raise OverflowError. A polling wait this long only ends through its first read.
+    with PostgresSignalStore(database_url, **options) as store:
+        store.register_waiter(run, "a", "sig")
+        if options.get("listen", True):
+            waiting = Background(lambda: store.wait_for_signal(run, "a", timeout=1e12))
+            time.sleep(0.2)
+            assert store.deliver_signal(run, "sig", '"late"').delivered
+        else:
+            assert store.deliver_signal(run, "sig", '"late"').delivered
+            waiting = Background(lambda: store.wait_for_signal(run, "a", timeout=timedelta.max))
+        assert waiting.result().payload_json == '"late"'
