@@ -67,10 +67,12 @@ class Executor:
         trips, and no SQLAlchemy Connection to set up (that layer costs more than the
         statement itself on a fast server).
         """
+        # The caller's conn is an argument: checked first, as the in-memory store does.
+        connection = None if conn is None else caller_connection(conn)
         if self.closed:
             raise StoreClosedError("the store is closed; create a new one to go on")
-        if conn is not None:
-            result = caller_connection(conn).exec_driver_sql(sql, params)
+        if connection is not None:
+            result = connection.exec_driver_sql(sql, params)
             count = result.rowcount  # read first: consuming the rows closes the result
             rows = [tuple(row) for row in result] if result.returns_rows else []
             return rows, count

@@ -19,6 +19,7 @@ from flowsignals import (
     DeliveryResult,
     DeliveryStatus,
     InMemorySignalStore,
+    InvalidArgumentError,
     SignalStore,
     StoreClosedError,
 )
@@ -352,6 +353,9 @@ def test_a_closed_store_refuses_every_call(store: SignalStore, run: uuid.UUID) -
     for call in calls:
         with pytest.raises(StoreClosedError, match="the store is closed"):
             call()
+    # A bad argument is still a bad argument, named as such, on both stores.
+    with pytest.raises(InvalidArgumentError, match=r"^conn: "):
+        store.get_waiter(run, "a", conn="not a connection")  # type: ignore[arg-type]
 
 
 def test_closing_the_store_ends_a_running_wait(store: SignalStore, run: uuid.UUID) -> None:
