@@ -86,6 +86,7 @@ class ExactSqlClient:
             "run": run_id,
             "signal": signal_name,
             "payload": payload_json,
+            "key": None,
             "channel": self._channel,
         }
         row = self._conn.execute(self._sql.deliver, params, prepare=True).fetchone()

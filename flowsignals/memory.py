@@ -36,6 +36,7 @@ from flowsignals.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_after,
     check_expires_at,
+    check_idempotency_key,
     check_limit,
     check_max_payload_bytes,
     check_name,
@@ -128,12 +129,14 @@ class InMemorySignalStore:
         signal_name: str,
         payload_json: str,
         *,
+        idempotency_key: str | None = None,
         conn: Connection | Session | None = None,
     ) -> DeliveryResult:
         """Deliver a payload; see :meth:`PostgresSignalStore.deliver_signal`."""
         run = check_run_id(run_id)
         signal = check_name("signal_name", signal_name)
         payload = check_payload(payload_json, self._max_payload_bytes)
+        key = check_idempotency_key(idempotency_key)
         self._ready(conn)
         with self._lock:
             now = self._now()
@@ -141,10 +144,14 @@ class InMemorySignalStore:
                 (w for w in self._waiters.values() if w.run_id == run and w.signal_name == signal),
                 key=lambda w: (w.created_at, w.step_key),
             )
+            repeated = [w for w in matching if key is not None and w.idempotency_key == key]
+            if repeated:
+                first = repeated[0]
+                return DeliveryResult(DeliveryStatus.DELIVERED, first.step_key, first.delivered_at)
             for waiter in matching:
                 if waiter.state_at(now) is WaiterState.PENDING:
                     self._waiters[run, waiter.step_key] = replace(
-                        waiter, delivered_at=now, payload_json=payload
+                        waiter, delivered_at=now, payload_json=payload, idempotency_key=key
                     )
                     self._changed.notify_all()
                     return DeliveryResult(DeliveryStatus.DELIVERED, waiter.step_key, now)

@@ -44,9 +44,10 @@ class SignalStore(Protocol):
         signal_name: str,
         payload_json: str,
         *,
+        idempotency_key: str | None = None,
         conn: Connection | Session | None = None,
     ) -> DeliveryResult:
-        """Hand a JSON payload to the oldest pending waiter of the signal."""
+        """Hand a JSON payload to the oldest pending waiter of the signal, once per key."""
         ...
 
     def get_waiter(

@@ -59,6 +59,8 @@ class SignalWaiter:
         payload_json: The delivered JSON text, exactly as sent, or ``None``.
         claimed_at: When :meth:`SignalStore.claim_expired` claimed the waiter after its
             deadline passed, or ``None``. A waiter is never both delivered and claimed.
+        idempotency_key: The key the delivery that filled this waiter was sent with, or
+            ``None`` (undelivered, or delivered without one).
     """
 
     run_id: uuid.UUID
@@ -69,6 +71,7 @@ class SignalWaiter:
     delivered_at: datetime | None
     payload_json: str | None
     claimed_at: datetime | None = None
+    idempotency_key: str | None = None
 
     @property
     def is_delivered(self) -> bool:

@@ -275,12 +275,13 @@ def waiter_columns(table: Table) -> tuple[ColumnElement[object], ...]:
         c.delivered_at,
         c.payload_json,
         c.claimed_at,
+        c.idempotency_key,
     )
 
 
 def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
     """Build a SignalWaiter from a row of :func:`waiter_columns`, its datetimes in UTC."""
-    run_id, step_key, signal_name, created_at, expires_at, delivered_at, payload_json, claimed = row
+    run_id, step_key, signal_name, created_at, expires_at, delivered_at, payload, claimed, key = row
     return SignalWaiter(
         run_id=run_id,
         step_key=step_key,
@@ -288,8 +289,9 @@ def waiter_from_row(row: Sequence[Any]) -> SignalWaiter:
         created_at=created_at.astimezone(timezone.utc),
         expires_at=as_utc(expires_at),
         delivered_at=as_utc(delivered_at),
-        payload_json=payload_json,
+        payload_json=payload,
         claimed_at=as_utc(claimed),
+        idempotency_key=key,
     )
 
 
@@ -424,11 +426,18 @@ def _deliver(table: Table) -> ClauseElement:
        (EXPIRED) or takes the row first (and the claim then skips it).
     3. The outer query reports, in priority order: what was delivered; else the latest earlier
        delivery; else the oldest expired waiter. No row at all means NOT_FOUND.
+
+    With an idempotency key that one of the locked waiters already holds, nothing is updated
+    and that delivery is reported as DELIVERED again: a retry of a delivery whose outcome was
+    lost. A NULL key equals nothing, so without one this never applies.
     """
     c = table.c
     run = bindparam("run", type_=c.run_id.type)
+    key = bindparam("key", type_=c.idempotency_key.type)
     matching = (
-        select(c.step_key, c.created_at, c.expires_at, c.delivered_at, c.claimed_at)
+        select(
+            c.step_key, c.created_at, c.expires_at, c.delivered_at, c.claimed_at, c.idempotency_key
+        )
         .where(c.run_id == run, c.signal_name == bindparam("signal", type_=c.signal_name.type))
         .order_by(c.created_at, c.step_key)
         .with_for_update(key_share=True)
@@ -440,8 +449,17 @@ def _deliver(table: Table) -> ClauseElement:
         m.claimed_at.is_(None),
         or_(m.expires_at.is_(None), m.expires_at > func.clock_timestamp()),
     )
+    repeated = (
+        select(m.step_key, m.delivered_at)
+        .where(m.idempotency_key == key)
+        .order_by(m.created_at, m.step_key)
+        .limit(_ONE)
+    )
     target = (
-        select(m.step_key).where(pending).order_by(m.created_at, m.step_key).limit(_ONE)
+        select(m.step_key)
+        .where(pending, ~exists(repeated))
+        .order_by(m.created_at, m.step_key)
+        .limit(_ONE)
     ).scalar_subquery()
     delivered = (
         table.update()
@@ -449,6 +467,7 @@ def _deliver(table: Table) -> ClauseElement:
         .values(
             delivered_at=func.statement_timestamp(),
             payload_json=bindparam("payload", type_=c.payload_json.type),
+            idempotency_key=key,
         )
         .returning(c.step_key, c.delivered_at, _notify(table))
         .cte("delivered")
@@ -464,6 +483,7 @@ def _deliver(table: Table) -> ClauseElement:
 
     outcomes = union_all(
         branch(OUTCOME_DELIVERED, select(delivered.c.step_key, delivered.c.delivered_at)),
+        branch(OUTCOME_DELIVERED, repeated),
         branch(
             OUTCOME_ALREADY_DELIVERED,
             select(m.step_key, m.delivered_at)

@@ -35,6 +35,7 @@ from flowsignals.validation import (
     check_after,
     check_application_name,
     check_expires_at,
+    check_idempotency_key,
     check_interval,
     check_limit,
     check_max_payload_bytes,
@@ -251,6 +252,7 @@ class PostgresSignalStore:
         signal_name: str,
         payload_json: str,
         *,
+        idempotency_key: str | None = None,
         conn: CallerConnection | None = None,
     ) -> DeliveryResult:
         """Hand ``payload_json`` to the oldest pending waiter of (run_id, signal_name).
@@ -261,16 +263,26 @@ class PostgresSignalStore:
         number of concurrent deliveries to K pending waiters exactly min(N, K) are DELIVERED
         and every other one is told ALREADY_DELIVERED, never NOT_FOUND.
 
+        A delivery whose outcome was lost (the connection dropped after the server committed)
+        is safe to retry with the same ``idempotency_key``: when a waiter of (run_id,
+        signal_name) already holds a delivery made with that key, nothing is written and that
+        delivery is reported as DELIVERED again, its step and time unchanged (the retry's
+        payload is not stored). The key is kept on the delivered waiter, so it is remembered
+        for as long as that waiter is (until it is removed or purged).
+
         Args:
             run_id: The workflow run (a UUID, or a str holding one).
             signal_name: The signal being delivered.
             payload_json: Strict RFC 8259 JSON text, stored exactly as given.
+            idempotency_key: The caller's name for this delivery, the same on every retry
+                (the rules of a step key); ``None``: every call is a new delivery.
             conn: Run inside this caller's transaction instead of one of the store's own.
 
         Returns:
-            DELIVERED with the step and time of this delivery; else ALREADY_DELIVERED with the
-            step and time of the latest earlier delivery; else EXPIRED with the oldest expired
-            step; else NOT_FOUND (nothing is written in any of these).
+            DELIVERED with the step and time of this delivery (or of the earlier delivery with
+            the same key); else ALREADY_DELIVERED with the step and time of the latest earlier
+            delivery; else EXPIRED with the oldest expired step; else NOT_FOUND (nothing is
+            written in any of these).
 
         Raises:
             InvalidArgumentError: An argument broke its rule; nothing was written.
@@ -279,6 +291,7 @@ class PostgresSignalStore:
             "run": check_run_id(run_id),
             "signal": check_name("signal_name", signal_name),
             "payload": check_payload(payload_json, self._max_payload_bytes),
+            "key": check_idempotency_key(idempotency_key),
             "channel": self._channel,
         }
         rows, _ = self._executor.execute(conn, self._sql.deliver, params)

@@ -62,6 +62,9 @@ def build_metadata(schema: str | None = None) -> MetaData:
         # When a LISTEN wait last began on this waiter. Only watched waiters are notified:
         # NOTIFY serialises the commits of every notifying transaction in the cluster.
         Column("watched_at", DateTime(timezone=True), nullable=True),
+        # The caller's key for the delivery that filled this waiter: a retry with the same key
+        # finds it here and delivers nothing more.
+        Column("idempotency_key", String(NAME_MAX_LENGTH, collation="C"), nullable=True),
         PrimaryKeyConstraint("run_id", "step_key"),
         # Serves deliver_signal: all waiters of one (run, signal), read in creation order.
         Index(None, "run_id", "signal_name", "created_at"),

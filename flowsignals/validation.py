@@ -122,6 +122,11 @@ def check_payload(payload_json: object, max_bytes: int) -> str:
     return payload_json
 
 
+def check_idempotency_key(value: object) -> str | None:
+    """Check a delivery's idempotency key: None, or a str with the rules of a step key."""
+    return None if value is None else check_name("idempotency_key", value)
+
+
 def check_max_payload_bytes(value: object) -> int:
     """Check the store's payload size limit: a positive int."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

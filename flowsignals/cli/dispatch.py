@@ -19,6 +19,7 @@ _CLI_ARGUMENT_NAMES = {
     "step_key": "STEP",
     "signal_name": "SIGNAL",
     "payload_json": "PAYLOAD_JSON",
+    "idempotency_key": "--idempotency-key",
     "expires_at": "--expires-at",
     "timeout": "--timeout",
     "poll_interval": "--poll-interval",

@@ -29,6 +29,7 @@ def waiter_to_json(waiter: SignalWaiter) -> dict[str, Any]:
         "delivered_at": iso(waiter.delivered_at),
         "payload_json": waiter.payload_json,
         "claimed_at": iso(waiter.claimed_at),
+        "idempotency_key": waiter.idempotency_key,
     }
 
 

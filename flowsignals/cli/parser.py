@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument(
         "payload_json", metavar="PAYLOAD_JSON", help="JSON text, or - to read it from stdin"
     )
+    deliver.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="name this delivery: a retry with the same KEY delivers nothing more and reports "
+        "the first delivery",
+    )
 
     get = add("get", "Show the waiter of STEP in RUN.", signals.get)
     _add_waiter_arguments(get)

@@ -72,7 +72,9 @@ def deliver(args: argparse.Namespace) -> int:
     if payload == "-":
         payload = sys.stdin.read()
     with open_store(args) as store:
-        result = store.deliver_signal(args.run_id, args.signal_name, payload)
+        result = store.deliver_signal(
+            args.run_id, args.signal_name, payload, idempotency_key=args.idempotency_key
+        )
     print_json(
         {
             "status": result.status.value,

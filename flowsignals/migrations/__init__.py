@@ -58,7 +58,7 @@ __all__ = [
 SCRIPT_LOCATION = "flowsignals:migrations"
 
 #: The newest revision this version of flowsignals ships.
-HEAD = "fs_0004"
+HEAD = "fs_0005"
 
 #: The branch label of flowsignals' revisions (``flowsignals@head`` in a host's Alembic).
 BRANCH = "flowsignals"

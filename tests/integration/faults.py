@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from types import TracebackType
 from typing import Any
 
 import psycopg
+import pytest
 from sqlalchemy import make_url
 
 from flowsignals.urls import to_sqlalchemy_url
@@ -91,3 +94,89 @@ def random_kills(url: str, application_name: str) -> Iterator[Counter[str]]:
     finally:
         stop.set()
         thread.join(15)
+
+
+class ReplyDropper:
+    """A TCP proxy in front of the test server that can swallow the server's next reply.
+
+    After :meth:`drop_next_reply`, the first bytes the server sends on any connection are
+    discarded and that connection is closed both ways. The server has by then executed the
+    statement and, in autocommit, committed it (PostgreSQL flushes a reply at Sync, after the
+    commit); the client only sees a lost connection: the ambiguous failure a retry must handle.
+    """
+
+    def __init__(self, url: str) -> None:
+        target = make_url(to_sqlalchemy_url(url))
+        host = target.host or ""
+        if not host or host.startswith("/") or "host" in target.query:
+            pytest.skip("the reply-dropping proxy needs a server on TCP")
+        self._target = (host, target.port or 5432)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        port = self._server.getsockname()[1]
+        #: The URL to connect through the proxy.
+        self.url = target.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+        #: How many replies were dropped.
+        self.dropped = 0
+        self._armed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def drop_next_reply(self) -> None:
+        """Swallow the next bytes the server sends, and cut that connection."""
+        self._armed.set()
+
+    def __enter__(self) -> ReplyDropper:
+        self._spawn(self._accept)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _close(sock)
+        for thread in self._threads:
+            thread.join(_WAIT_SECONDS)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed by __exit__
+            server = socket.create_connection(self._target)
+            with self._lock:
+                self._sockets += [client, server]
+            self._spawn(self._pump, client, server, False)
+            self._spawn(self._pump, server, client, True)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if replies and self._armed.is_set():
+                    self._armed.clear()
+                    self.dropped += 1
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(source)
+            _close(sink)
+
+
+def _close(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

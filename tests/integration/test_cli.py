@@ -176,10 +176,11 @@ def test_every_outcome_of_every_command(database_url: str) -> None:
         "delivered_at": None,
         "payload_json": None,
         "claimed_at": None,
+        "idempotency_key": None,
     }
 
     payload = '{"by": "amira",  "ok": true}'
-    delivered = flowsignals(*url, "deliver", run, "approved", payload)
+    delivered = flowsignals(*url, "deliver", run, "approved", payload, "--idempotency-key", "m-1")
     assert delivered.code == 0
     delivered_at = parse_time(delivered.json["delivered_at"])
     assert delivered.json == {
@@ -197,8 +198,14 @@ def test_every_outcome_of_every_command(database_url: str) -> None:
             **pending.json,
             "delivered_at": delivered_at.isoformat(),
             "payload_json": payload,
+            "idempotency_key": "m-1",
         },
     )
+
+    # A retry of the same delivery: the same outcome, exit 0, nothing written.
+    repeat = flowsignals(*url, "deliver", run, "approved", "{}", "--idempotency-key", "m-1")
+    assert (repeat.code, repeat.json) == (0, delivered.json)
+    assert flowsignals(*url, "get", run, "approve").json == found.json
 
     again = flowsignals(*url, "deliver", run, "approved", '{"by": "chen"}')
     assert (again.code, again.json) == (4, {**delivered.json, "status": "already_delivered"})
@@ -462,7 +469,7 @@ def test_migrate(empty_database_url: str) -> None:
     first = flowsignals("migrate", env_url=empty_database_url)
     assert (first.code, first.json) == (
         0,
-        {"status": "upgraded", "schema": None, "from_revision": None, "to_revision": "fs_0004"},
+        {"status": "upgraded", "schema": None, "from_revision": None, "to_revision": "fs_0005"},
     )
     second = flowsignals("migrate", "--revision", "head", env_url=empty_database_url)
     assert (second.code, second.json) == (
@@ -470,8 +477,8 @@ def test_migrate(empty_database_url: str) -> None:
         {
             "status": "up_to_date",
             "schema": None,
-            "from_revision": "fs_0004",
-            "to_revision": "fs_0004",
+            "from_revision": "fs_0005",
+            "to_revision": "fs_0005",
         },
     )
 
@@ -492,7 +499,7 @@ def test_migrate_sql_needs_no_database() -> None:
     result = flowsignals("migrate", "--sql")
     assert result.code == 0, result.stderr
     assert "CREATE TABLE" in result.stdout
-    assert "fs_0004" in result.stdout
+    assert "fs_0005" in result.stdout
 
 
 def test_migrate_check_exits_1_until_the_database_is_at_head(empty_database_url: str) -> None:
@@ -503,11 +510,11 @@ def test_migrate_check_exits_1_until_the_database_is_at_head(empty_database_url:
             "status": "behind",
             "schema": None,
             "current_revision": None,
-            "head_revision": "fs_0004",
+            "head_revision": "fs_0005",
         },
     )
     assert before.stderr == (
-        "flowsignals: the schema is at no revision (not installed), not at fs_0004: "
+        "flowsignals: the schema is at no revision (not installed), not at fs_0005: "
         "run 'flowsignals migrate'\n"
     )
     assert flowsignals("migrate", env_url=empty_database_url).code == 0
@@ -572,6 +579,7 @@ def test_wait_returns_a_delivery_made_while_it_waits(
             "delivered_at": waiter.delivered_at.isoformat(),
             "payload_json": payload,
             "claimed_at": None,
+            "idempotency_key": None,
         },
         "",
     )
@@ -649,6 +657,7 @@ def test_every_outcome_of_wait(database_url: str, pg_store: PostgresSignalStore)
             "delivered_at": None,
             "payload_json": None,
             "claimed_at": None,
+            "idempotency_key": None,
         },
     )
     assert expired.stderr == (
@@ -708,6 +717,7 @@ def test_claim_expired_claims_exactly_the_expired_once(
                 "delivered_at": None,
                 "payload_json": None,
                 "claimed_at": stored.claimed_at.isoformat(),
+                "idempotency_key": None,
             }
         ],
         "count": 1,
@@ -836,6 +846,7 @@ def test_ls_table_and_json(database_url: str, pg_store: PostgresSignalStore) -> 
                     "delivered_at": None,
                     "payload_json": None,
                     "claimed_at": None,
+                    "idempotency_key": None,
                     "state": "pending",
                 }
             ],

@@ -26,7 +26,11 @@ def test_name_columns_are_collate_c(engine: Engine) -> None:
                 " ORDER BY column_name"
             )
         ).all()
-    assert [tuple(row) for row in rows] == [("signal_name", "C"), ("step_key", "C")]
+    assert [tuple(row) for row in rows] == [
+        ("idempotency_key", "C"),
+        ("signal_name", "C"),
+        ("step_key", "C"),
+    ]
 
 
 @pytest.fixture

@@ -50,6 +50,8 @@ RUNS = [uuid.UUID(int=1), uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")]
 STEPS = ["a", "B", "b", "é"]
 SIGNALS = ["approved", "Approved"]
 PAYLOADS = ["{}", '{"b": 1, "a": 2}', ' [1 , "\\u0000"] ', '"é"', '{"a": 1, "a": 2}']
+#: None most often: a delivery without a key. Two keys, so repeats and clashes both happen.
+KEYS = [None, None, "k1", "k2"]
 
 _LOADED = datetime.now(timezone.utc)
 #: Fixed instants (shared by every waiter given that kind), far from any clock's "now".
@@ -96,6 +98,7 @@ def _comparable(waiter: SignalWaiter | None) -> tuple[Any, ...] | None:
         waiter.delivered_at is not None,
         waiter.payload_json,
         waiter.claimed_at is not None,
+        waiter.idempotency_key,
     )
 
 
@@ -166,10 +169,11 @@ class StoresAgree(RuleBasedStateMachine):
         run=st.sampled_from(RUNS),
         signal=st.sampled_from(SIGNALS),
         payload=st.sampled_from(PAYLOADS),
+        key=st.sampled_from(KEYS),
     )
-    def deliver(self, run: uuid.UUID, signal: str, payload: str) -> None:
-        got = self.pg.deliver_signal(run, signal, payload)
-        want = self.model.deliver_signal(run, signal, payload)
+    def deliver(self, run: uuid.UUID, signal: str, payload: str, key: str | None) -> None:
+        got = self.pg.deliver_signal(run, signal, payload, idempotency_key=key)
+        want = self.model.deliver_signal(run, signal, payload, idempotency_key=key)
         assert _comparable_result(got) == _comparable_result(want)
         if got.delivered_at is not None:
             assert got.delivered_at.tzinfo == timezone.utc
@@ -281,8 +285,8 @@ class StoresAgree(RuleBasedStateMachine):
         with self.pg.engine.connect() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT run_id, step_key, signal_name, created_at, expires_at,"
-                    " delivered_at, payload_json, claimed_at FROM flow_signal_waiters"
+                    "SELECT run_id, step_key, signal_name, created_at, expires_at, delivered_at,"
+                    " payload_json, claimed_at, idempotency_key FROM flow_signal_waiters"
                 )
             ).all()
         waiters = {}

@@ -51,7 +51,13 @@ def _params(name: str) -> dict[str, object]:
     run = uuid.uuid4()
     return {
         "register": {"run": run, "step": "step-1", "signal": "signal-1", "deadline": None},
-        "deliver": {"run": run, "signal": "signal-1", "payload": "{}", "channel": CHANNEL},
+        "deliver": {
+            "run": run,
+            "signal": "signal-1",
+            "payload": "{}",
+            "key": "delivery-1",
+            "channel": CHANNEL,
+        },
         "get": {"run": run, "step": "step-1"},
         "remove": {"run": run, "step": "step-1", "channel": CHANNEL},
     }[name]

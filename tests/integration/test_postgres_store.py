@@ -75,6 +75,12 @@ def test_every_operation_is_one_statement_in_every_outcome(
     assert one(store, lambda: store.deliver_signal(run, "sig", "{}")).status is (
         DeliveryStatus.ALREADY_DELIVERED
     )
+    one(store, lambda: store.register_waiter(run, "b", "keyed"))
+    keyed = one(store, lambda: store.deliver_signal(run, "keyed", "{}", idempotency_key="k"))
+    assert keyed.status is DeliveryStatus.DELIVERED
+    assert (
+        one(store, lambda: store.deliver_signal(run, "keyed", "{}", idempotency_key="k")) == keyed
+    )
     assert one(store, lambda: store.get_waiter(run, "a")) is not None
     assert one(store, lambda: store.get_waiter(run, "zzz")) is None
     assert one(store, lambda: store.remove_waiter(run, "a")) is True
@@ -143,10 +149,11 @@ def test_store_never_ends_the_callers_transaction(
 def test_expiry_is_judged_by_the_servers_clock_at_each_statement(
     pg_store: PostgresSignalStore, engine: Engine
 ) -> None:
-    # Deadlines are judged by the server's statement_timestamp(), not by now(), which stands
-    # still at a transaction's start: a delivery made after the deadline inside a transaction
-    # begun before it is EXPIRED, as a wait on that waiter says at the same moment. With now(),
-    # the step could be told "expired" by its wait while the table recorded a delivery.
+    # Deadlines are judged by the server's clock when the delivery runs (clock_timestamp() as
+    # it holds the row), not by now(), which stands still at a transaction's start: a delivery
+    # made after the deadline inside a transaction begun before it is EXPIRED, as a wait on
+    # that waiter says at the same moment. With now(), the step could be told "expired" by its
+    # wait while the table recorded a delivery.
     run = uuid.uuid4()
     with engine.begin() as conn:
         started = conn.execute(text("SELECT now()")).scalar_one()

@@ -35,14 +35,14 @@ def db(empty_database_url: str) -> Iterator[Engine]:
 def test_head_is_the_only_head_of_the_flowsignals_branch() -> None:
     script = ScriptDirectory.from_config(migrations.alembic_config())
     assert script.get_heads() == [migrations.HEAD]
-    assert [r.revision for r in script.get_revisions(f"{migrations.BRANCH}@head")] == ["fs_0004"]
+    assert [r.revision for r in script.get_revisions(f"{migrations.BRANCH}@head")] == ["fs_0005"]
 
 
 def test_check_reports_current_and_head(empty_database_url: str) -> None:
-    assert migrations.check(empty_database_url) == (None, "fs_0004")
+    assert migrations.check(empty_database_url) == (None, "fs_0005")
     migrations.upgrade(empty_database_url, schema="s1")
-    assert migrations.check(empty_database_url) == (None, "fs_0004")
-    assert migrations.check(empty_database_url, schema="s1") == ("fs_0004", "fs_0004")
+    assert migrations.check(empty_database_url) == (None, "fs_0005")
+    assert migrations.check(empty_database_url, schema="s1") == ("fs_0005", "fs_0005")
 
 
 def test_verify_schema_refuses_an_empty_database(empty_database_url: str) -> None:
@@ -50,7 +50,7 @@ def test_verify_schema_refuses_an_empty_database(empty_database_url: str) -> Non
         PostgresSignalStore(empty_database_url, verify_schema=True)
     assert str(raised.value) == (
         "flowsignals' schema is not installed, but this version of flowsignals needs revision "
-        "'fs_0004': run `flowsignals migrate` (or flowsignals.migrations.upgrade(url, "
+        "'fs_0005': run `flowsignals migrate` (or flowsignals.migrations.upgrade(url, "
         "schema=None)), or `alembic upgrade flowsignals@head` where the host's Alembic "
         "includes our revisions"
     )
@@ -78,7 +78,7 @@ def test_verify_schema_refuses_another_revision(empty_database_url: str, db: Eng
 
     assert str(raised.value) == (
         "flowsignals' schema in schema 'Tenant \"A\" %s; x' is at 'fs_0000', but this version "
-        "of flowsignals needs revision 'fs_0004': run `flowsignals migrate --schema "
+        "of flowsignals needs revision 'fs_0005': run `flowsignals migrate --schema "
         '\'Tenant "A" %s; x\'` (or flowsignals.migrations.upgrade(url, schema=\'Tenant "A" '
         "%s; x')), or `alembic upgrade flowsignals@head` where the host's Alembic includes "
         "our revisions"
@@ -114,17 +114,17 @@ def test_offline_sql_for_a_quoted_schema_applies_as_printed(
 
     assert 'CREATE SCHEMA IF NOT EXISTS "Tenant ""A"" %s; x";' in script.splitlines()
     assert "%%" not in script
-    assert migrations.sql(schema=QUOTED_SCHEMA, revision="fs_0004") == script
+    assert migrations.sql(schema=QUOTED_SCHEMA, revision="fs_0005") == script
     # What a DBA does with it: feed it to the server as it is (psql -f, or a simple query).
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute(script.encode())
-    assert migrations.check(db, schema=QUOTED_SCHEMA) == ("fs_0004", "fs_0004")
+    assert migrations.check(db, schema=QUOTED_SCHEMA) == ("fs_0005", "fs_0005")
     with PostgresSignalStore(db, schema=QUOTED_SCHEMA, verify_schema=True) as store:
         store.register_waiter("00000000-0000-0000-0000-000000000001", "a", "sig")
 
 
 def test_offline_sql_from_head_to_head_changes_nothing() -> None:
-    script = migrations.sql(start="fs_0004")
+    script = migrations.sql(start="fs_0005")
     assert "CREATE" not in script and "INSERT" not in script and "UPDATE" not in script
 
 

@@ -116,7 +116,7 @@ def _versions(engine: Engine) -> list[str]:
 def test_host_upgrades_both_lineages_with_heads(host_project: Path, db: Engine) -> None:
     heads = _host_alembic(host_project, db, "heads")
     assert sorted(heads.stdout.split("\n")[:2]) == [
-        "fs_0004 (flowsignals) (head)",
+        "fs_0005 (flowsignals) (head)",
         "host_0001 (head)",
     ]
 
@@ -124,14 +124,14 @@ def test_host_upgrades_both_lineages_with_heads(host_project: Path, db: Engine) 
 
     assert set(inspect(db).get_table_names()) == {"host_orders", TABLE_NAME, "alembic_version"}
     # Two independent branches in one version table: one row per branch head.
-    assert _versions(db) == ["fs_0004", "host_0001"]
-    assert migrations.check(db) == ("fs_0004", "fs_0004")
+    assert _versions(db) == ["fs_0005", "host_0001"]
+    assert migrations.check(db) == ("fs_0005", "fs_0005")
     # Our own lineage refuses to run there, rather than failing half-way on existing objects.
     with pytest.raises(HostLineageError, match=r"recorded in the host application's alembic_"):
         migrations.upgrade(db)
     with pytest.raises(HostLineageError):
         migrations.downgrade(db, revision="base")
-    assert _versions(db) == ["fs_0004", "host_0001"]
+    assert _versions(db) == ["fs_0005", "host_0001"]
     with PostgresSignalStore(db, verify_schema=True) as store:
         store.register_waiter("00000000-0000-0000-0000-000000000001", "a", "sig")
         delivered = store.deliver_signal("00000000-0000-0000-0000-000000000001", "sig", "{}")
@@ -141,7 +141,7 @@ def test_host_upgrades_both_lineages_with_heads(host_project: Path, db: Engine) 
     _host_alembic(host_project, db, "downgrade", "flowsignals@base")
     assert set(inspect(db).get_table_names()) == {"host_orders", "alembic_version"}
     assert _versions(db) == ["host_0001"]
-    assert migrations.check(db) == (None, "fs_0004")
+    assert migrations.check(db) == (None, "fs_0005")
 
 
 def test_host_upgrades_only_flowsignals_into_a_schema(host_project: Path, db: Engine) -> None:
@@ -153,12 +153,12 @@ def test_host_upgrades_only_flowsignals_into_a_schema(host_project: Path, db: En
     assert set(inspect(db).get_table_names()) == {"alembic_version"}
     assert inspect(db).get_table_names(schema="signals") == [TABLE_NAME]
     assert VERSION_TABLE not in inspect(db).get_table_names(schema="signals")
-    assert _versions(db) == ["fs_0004"]
+    assert _versions(db) == ["fs_0005"]
     current = _host_alembic(host_project, db, "current")
-    assert current.stdout.strip() == "fs_0004 (head)"
+    assert current.stdout.strip() == "fs_0005 (head)"
     with PostgresSignalStore(db, schema="signals", verify_schema=True) as store:
         assert store.get_waiter("00000000-0000-0000-0000-000000000001", "a") is None
 
     _host_alembic(host_project, db, "upgrade", "heads", schema="signals")
-    assert _versions(db) == ["fs_0004", "host_0001"]
+    assert _versions(db) == ["fs_0005", "host_0001"]
     assert set(inspect(db).get_table_names()) == {"host_orders", "alembic_version"}

@@ -94,7 +94,7 @@ def test_upgrade_head_builds_exactly_the_declared_schema(
     migrations.upgrade(empty_database_url)
 
     assert _diff(db) == []
-    assert migrations.current(empty_database_url) == migrations.HEAD == "fs_0004"
+    assert migrations.current(empty_database_url) == migrations.HEAD == "fs_0005"
     assert _tables(db) == {TABLE_NAME, VERSION_TABLE}
     inspector = inspect(db)
     pk = inspector.get_pk_constraint(TABLE_NAME)
@@ -233,11 +233,12 @@ def test_alembic_cli_upgrades_and_downgrades(db: Engine, empty_database_url: str
     assert "Running upgrade fs_0001 -> fs_0002" in upgraded.stderr
     assert "Running upgrade fs_0002 -> fs_0003" in upgraded.stderr
     assert "Running upgrade fs_0003 -> fs_0004" in upgraded.stderr
+    assert "Running upgrade fs_0004 -> fs_0005" in upgraded.stderr
     assert _diff(db) == []
 
     current = _alembic("current", url=empty_database_url)
     assert current.returncode == 0, current.stderr
-    assert current.stdout.strip() == "fs_0004 (head)"
+    assert current.stdout.strip() == "fs_0005 (head)"
 
     checked = _alembic("check", url=empty_database_url)
     assert checked.returncode == 0, checked.stderr
@@ -331,6 +332,13 @@ ALTER TABLE tenant_b.flow_signal_waiters ADD COLUMN watched_at TIMESTAMP WITH TI
 
 UPDATE tenant_b.flowsignals_alembic_version SET version_num='fs_0004' \
 WHERE tenant_b.flowsignals_alembic_version.version_num = 'fs_0003';
+
+-- Running upgrade fs_0004 -> fs_0005
+
+ALTER TABLE tenant_b.flow_signal_waiters ADD COLUMN idempotency_key VARCHAR(256) COLLATE "C";
+
+UPDATE tenant_b.flowsignals_alembic_version SET version_num='fs_0005' \
+WHERE tenant_b.flowsignals_alembic_version.version_num = 'fs_0004';
 
 COMMIT;
 

@@ -66,9 +66,9 @@ def test_alembic_cli_migrates_into_a_schema_that_needs_quoting(
 
     assert set(inspect(db).get_table_names(schema=QUOTED_SCHEMA)) == {TABLE_NAME, VERSION_TABLE}
     assert inspect(db).get_table_names(schema="public") == []
-    assert migrations.check(db, schema=QUOTED_SCHEMA) == ("fs_0004", "fs_0004")
+    assert migrations.check(db, schema=QUOTED_SCHEMA) == ("fs_0005", "fs_0005")
     current = _alembic("-x", url, "-x", f"schema={QUOTED_SCHEMA}", "current")
-    assert current.stdout.strip() == "fs_0004 (head)", current.stderr
+    assert current.stdout.strip() == "fs_0005 (head)", current.stderr
     with PostgresSignalStore(empty_database_url, schema=QUOTED_SCHEMA, verify_schema=True) as s:
         _use(s, uuid.uuid4())
 
@@ -122,5 +122,5 @@ def test_two_schemas_in_one_database_are_independent(empty_database_url: str) ->
         assert two.get_waiter(run, "a") == second
 
     migrations.downgrade(empty_database_url, schema="tenant_one", revision="base")
-    assert migrations.check(empty_database_url, schema="tenant_one") == (None, "fs_0004")
-    assert migrations.check(empty_database_url, schema="tenant_two") == ("fs_0004", "fs_0004")
+    assert migrations.check(empty_database_url, schema="tenant_one") == (None, "fs_0005")
+    assert migrations.check(empty_database_url, schema="tenant_two") == ("fs_0005", "fs_0005")

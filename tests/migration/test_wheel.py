@@ -79,6 +79,7 @@ def test_the_wheel_contains_the_migrations(wheel: Path) -> None:
         "flowsignals/migrations/versions/0002_claims_and_retention.py",
         "flowsignals/migrations/versions/0003_names_compare_bytewise.py",
         "flowsignals/migrations/versions/0004_notify_watched_waiters.py",
+        "flowsignals/migrations/versions/0005_idempotent_deliveries.py",
     ]
     assert "flowsignals/py.typed" in names
     assert not [n for n in names if n.startswith(("alembic/", "tests/"))]
@@ -90,7 +91,7 @@ def _assert_migrated(url: str) -> None:
         assert set(inspect(engine).get_table_names()) == {TABLE_NAME, VERSION_TABLE}
         with engine.connect() as conn:
             rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
-            assert [tuple(r) for r in rows] == [("fs_0004",)]
+            assert [tuple(r) for r in rows] == [("fs_0005",)]
     finally:
         engine.dispose()
 
@@ -109,7 +110,7 @@ def test_installed_wheel_migrates_from_code(
 
     location, check = result.stdout.splitlines()
     assert Path(location).is_relative_to(venv), location
-    assert check == "('fs_0004', 'fs_0004')"
+    assert check == "('fs_0005', 'fs_0005')"
     _assert_migrated(empty_database_url)
 
 
@@ -134,7 +135,7 @@ def test_installed_wheel_migrates_with_flowsignals_migrate(
         "status": "upgraded",
         "schema": None,
         "from_revision": None,
-        "to_revision": "fs_0004",
+        "to_revision": "fs_0005",
     }
     _assert_migrated(empty_database_url)
     check = _run(command, "--database-url", empty_database_url, "migrate", "--check", cwd=elsewhere)
