@@ -6,13 +6,14 @@ the migrations per test, and no test can see another's rows.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from flowsignals import PostgresSignalStore, migrations
+from flowsignals import InMemorySignalStore, PostgresSignalStore, SignalStore, migrations
 from flowsignals.urls import to_sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -70,6 +71,26 @@ def pg_store(database_url: str) -> Iterator[PostgresSignalStore]:
     """A PostgresSignalStore built from the test database's URL, as a user builds one."""
     with PostgresSignalStore(database_url) as store:
         yield store
+
+
+@pytest.fixture(params=["memory", "postgres", "postgres-quoted-schema"])
+def store(request: pytest.FixtureRequest) -> Iterator[SignalStore]:
+    """Each store the contract holds for: the model, and PostgreSQL (plain and quoted schema).
+
+    A module that needs another set (polling waits, a payload limit) defines its own.
+    """
+    if request.param == "memory":
+        yield InMemorySignalStore()
+    elif request.param == "postgres":
+        yield request.getfixturevalue("pg_store")
+    else:
+        yield request.getfixturevalue("quoted_schema_pg_store")
+
+
+@pytest.fixture
+def run() -> uuid.UUID:
+    """A fresh run id."""
+    return uuid.uuid4()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -33,21 +33,6 @@ def _past() -> datetime:
 
 def _future() -> datetime:
     return datetime.now(timezone.utc) + HOUR
-
-
-@pytest.fixture(params=["memory", "postgres", "postgres-quoted-schema"])
-def store(request: pytest.FixtureRequest) -> Iterator[SignalStore]:
-    if request.param == "memory":
-        yield InMemorySignalStore()
-    elif request.param == "postgres":
-        yield request.getfixturevalue("pg_store")
-    else:
-        yield request.getfixturevalue("quoted_schema_pg_store")
-
-
-@pytest.fixture
-def run() -> uuid.UUID:
-    return uuid.uuid4()
 
 
 def test_both_stores_satisfy_the_protocol(store: SignalStore) -> None:

@@ -18,28 +18,12 @@ from sqlalchemy.exc import OperationalError
 from flowsignals import (
     DeliveryResult,
     DeliveryStatus,
-    InMemorySignalStore,
     InvalidArgumentError,
     PostgresSignalStore,
     SignalStore,
 )
 from tests.integration.faults import ReplyDropper
 from tests.integration.test_concurrency import race
-
-
-@pytest.fixture(params=["memory", "postgres", "postgres-quoted-schema"])
-def store(request: pytest.FixtureRequest) -> Iterator[SignalStore]:
-    if request.param == "memory":
-        yield InMemorySignalStore()
-    elif request.param == "postgres":
-        yield request.getfixturevalue("pg_store")
-    else:
-        yield request.getfixturevalue("quoted_schema_pg_store")
-
-
-@pytest.fixture
-def run() -> uuid.UUID:
-    return uuid.uuid4()
 
 
 def _two_pending(store: SignalStore, run: uuid.UUID) -> None:
