@@ -62,8 +62,8 @@ class Sizes:
 
 
 QUICK = Sizes(300, 10, 0.6, 1, 100_000, 4, 50, 10, 5, 100, 10, 50_000)
-DEFAULT = Sizes(1500, 10, 2.0, 2, 1_000_000, 10, 100, 50, 20, 400, 10, 1_000_000)
-BIG = Sizes(1500, 10, 2.0, 2, 10_000_000, 10, 100, 50, 20, 400, 10, 1_000_000)
+DEFAULT = Sizes(1500, 10, 2.0, 5, 1_000_000, 10, 100, 50, 20, 400, 10, 1_000_000)
+BIG = Sizes(1500, 10, 2.0, 5, 10_000_000, 10, 100, 50, 20, 400, 10, 1_000_000)
 #: Rows per claim_expired and purge statement, for the floor and the store alike.
 EXPIRY_BATCH = 1000
 
@@ -118,10 +118,13 @@ def throughput_section(url: str, sizes: Sizes, run: report.Run) -> None:
         "flowsignals": lambda: StoreClient(store),
     }
     try:
+        names = list(makers)
         for threads in THREADS:
-            for _ in range(sizes.throughput_repeats):
-                for name, make in makers.items():
-                    ops, _ = run_throughput(make, threads, sizes.throughput_seconds)
+            for repeat in range(sizes.throughput_repeats):
+                # Rotated each repeat, so no contender always runs right after another's
+                # burst of commits (the WAL flush of durable commits dominates these figures).
+                for name in names[repeat % 3 :] + names[: repeat % 3]:
+                    ops, _ = run_throughput(makers[name], threads, sizes.throughput_seconds)
                     run.throughput.setdefault(name, {}).setdefault(threads, []).append(ops)
             _log(
                 f"  {threads:>2} threads: "
@@ -133,6 +136,7 @@ def throughput_section(url: str, sizes: Sizes, run: report.Run) -> None:
 
 def size_section(url: str, sizes: Sizes, run: report.Run) -> None:
     stores: dict[int, PostgresSignalStore] = {}
+    floors: dict[int, FloorClient] = {}
     try:
         for rows in (SMALL_TABLE, sizes.large_table):
             schema = f"bench_rows_{rows}"
@@ -142,10 +146,13 @@ def size_section(url: str, sizes: Sizes, run: report.Run) -> None:
             run.load_seconds[rows] = time.perf_counter() - start
             _log(f"  loaded {rows:,} waiters with COPY in {run.load_seconds[rows]:.1f} s")
             stores[rows] = PostgresSignalStore(url, schema=schema)
+            floors[rows] = FloorClient(with_options(url, f"-c search_path={schema}"))
         run.sizes = run_size_probes(
-            stores, rounds=sizes.size_rounds, per_round=sizes.size_per_round
+            stores, dict(floors), rounds=sizes.size_rounds, per_round=sizes.size_per_round
         )
     finally:
+        for floor in floors.values():
+            floor.close()
         for rows, store in stores.items():
             store.close()
             _drop_schema(url, f"bench_rows_{rows}")

@@ -198,40 +198,58 @@ class SizeSamples:
     rows: int
     deliver: list[float] = field(default_factory=list)
     get: list[float] = field(default_factory=list)
+    #: The floor's hand-written UPDATE and SELECT on the same table, probed the same way.
+    floor_deliver: list[float] = field(default_factory=list)
+    floor_get: list[float] = field(default_factory=list)
 
 
 def run_size_probes(
-    stores: dict[int, PostgresSignalStore], *, rounds: int, per_round: int, seed: int = 5
+    stores: dict[int, PostgresSignalStore],
+    floors: dict[int, Client],
+    *,
+    rounds: int,
+    per_round: int,
+    seed: int = 5,
 ) -> dict[int, SizeSamples]:
     """Deliver to and read pending loaded waiters, alternating between the tables each round.
 
     Every delivery goes to a different pending waiter (even row indexes are pending), picked at
-    random across the whole table, so each one is a real index lookup and a real write.
+    random across the whole table, so each one is a real index lookup and a real write. The
+    floor probes each table the same way, in the same rounds, so what the server itself pays
+    for a larger table (a deeper index, fewer cached pages) shows beside the store's figures.
     """
     rng = random.Random(seed)
     results = {rows: SizeSamples(rows) for rows in stores}
     used: dict[int, set[int]] = {rows: set() for rows in stores}
     clock = time.perf_counter
+
+    def pending(rows: int) -> uuid.UUID:
+        index = 2 * rng.randrange(rows // 2)
+        while index in used[rows]:
+            index = 2 * rng.randrange(rows // 2)
+        used[rows].add(index)
+        return run_uuid(index, rows)
+
     order = sorted(stores)
     for _ in range(rounds):
         for rows in order:
-            store = stores[rows]
-            samples = results[rows]
+            store, floor, samples = stores[rows], floors[rows], results[rows]
             for _ in range(per_round):
-                index = 2 * rng.randrange(rows // 2)
-                while index in used[rows]:
-                    index = 2 * rng.randrange(rows // 2)
-                used[rows].add(index)
-                run_id = run_uuid(index, rows)
                 t0 = clock()
-                result = store.deliver_signal(run_id, SIGNAL, PAYLOAD)
+                result = store.deliver_signal(pending(rows), SIGNAL, PAYLOAD)
                 t1 = clock()
                 waiter = store.get_waiter(run_uuid(rng.randrange(rows), rows), STEP)
                 t2 = clock()
-                if not result.delivered or waiter is None:
-                    raise RuntimeError(f"loaded row {index} of {rows} was not found")
+                delivered = floor.deliver(pending(rows), SIGNAL, PAYLOAD)
+                t3 = clock()
+                row = floor.get(run_uuid(rng.randrange(rows), rows), STEP)
+                t4 = clock()
+                if not (result.delivered and delivered) or waiter is None or row is None:
+                    raise RuntimeError(f"a loaded waiter of the {rows:,}-row table was missing")
                 samples.deliver.append(t1 - t0)
                 samples.get.append(t2 - t1)
+                samples.floor_deliver.append(t3 - t2)
+                samples.floor_get.append(t4 - t3)
         order.reverse()
     return results
 
