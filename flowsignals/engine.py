@@ -6,12 +6,23 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import URL, Engine, create_engine
 from sqlalchemy.exc import ArgumentError
 
 from flowsignals.errors import InvalidArgumentError
 from flowsignals.pool import ConnectionPool, PrePing
 from flowsignals.urls import to_sqlalchemy_url
+
+#: What PostgreSQL's SQLAlchemy dialects accept as an engine's isolation_level.
+_ISOLATION_LEVELS = frozenset(
+    {"AUTOCOMMIT", "READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
+)
+
+#: psycopg.connect() arguments that are not libpq connection parameters.
+_PSYCOPG_ARGUMENTS = frozenset(
+    {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
+)
 
 
 def build_engine_and_pool(
@@ -43,6 +54,14 @@ def build_engine_and_pool(
         raise InvalidArgumentError("engine_options", "its connect_args must be a mapping")
     connect_args.update(extra_connect_args)
     options.setdefault("pool_pre_ping", True)
+    level = options.get("isolation_level")
+    if level is not None and level not in _ISOLATION_LEVELS:
+        # SQLAlchemy would only say so at the engine's first connection.
+        raise InvalidArgumentError(
+            "engine_options",
+            f"its isolation_level must be one of {', '.join(sorted(_ISOLATION_LEVELS))},"
+            f" not {level!r}",
+        )
     try:
         engine = create_engine(url, connect_args=connect_args, **options)
     except (TypeError, ArgumentError) as exc:
@@ -53,6 +72,7 @@ def build_engine_and_pool(
     settings = {**dialect_args, **connect_args, "autocommit": True}
     # Without a bound, connecting to an unreachable host can outlast any pool or wait timeout.
     settings.setdefault("connect_timeout", 10)
+    _check_conninfo({k: v for k, v in settings.items() if k not in _PSYCOPG_ARGUMENTS})
 
     def connect(**overrides: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(**{**settings, **overrides})
@@ -61,3 +81,13 @@ def build_engine_and_pool(
         connect, max_size=max_connections, timeout=pool_timeout, pre_ping=pre_ping
     )
     return engine, pool
+
+
+def _check_conninfo(parameters: Mapping[str, Any]) -> None:
+    """Refuse what libpq would refuse at every connection: an unknown parameter, say."""
+    try:
+        make_conninfo("", **parameters)
+    except psycopg.ProgrammingError as exc:
+        raise InvalidArgumentError(
+            "engine_options", f"its connect_args are not libpq's: {str(exc).strip()}"
+        ) from exc

@@ -59,13 +59,20 @@ class Executor:
         self.closed = False
 
     def execute(
-        self, conn: CallerConnection | None, sql: str, params: Mapping[str, Any]
+        self,
+        conn: CallerConnection | None,
+        sql: str,
+        params: Mapping[str, Any],
+        *,
+        pool_timeout: float | None = None,
     ) -> Outcome:
         """Run one statement; return its rows (empty for no result set) and its row count.
 
         Without ``conn`` the single statement runs in autocommit: no BEGIN and COMMIT round
         trips, and no SQLAlchemy Connection to set up (that layer costs more than the
-        statement itself on a fast server).
+        statement itself on a fast server). ``pool_timeout`` caps the wait for one of the
+        store's own connections (a blocking wait's time left); a caller's Engine keeps its
+        pool's own timeout.
         """
         # The caller's conn is an argument: checked first, as the in-memory store does.
         connection = None if conn is None else caller_connection(conn)
@@ -77,7 +84,7 @@ class Executor:
             rows = [tuple(row) for row in result] if result.returns_rows else []
             return rows, count
         if self.pool is not None:
-            cursor = self.pool.checkout()
+            cursor = self.pool.checkout(pool_timeout)
             try:
                 return self._run(cursor, sql, params)
             finally:

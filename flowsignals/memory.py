@@ -88,6 +88,9 @@ class InMemorySignalStore:
         # Every change notifies it, waking wait_for_signal.
         self._changed = threading.Condition(self._lock)
         self._waiters: dict[tuple[uuid.UUID, str], SignalWaiter] = {}
+        # The signal each delivered waiter was delivered for (its signal_name may change when
+        # it is registered again); a key is matched against this, as the PostgreSQL store does.
+        self._delivered_for: dict[tuple[uuid.UUID, str], str] = {}
         self._last_created: datetime | None = None
         self._closed = False
 
@@ -144,15 +147,28 @@ class InMemorySignalStore:
                 (w for w in self._waiters.values() if w.run_id == run and w.signal_name == signal),
                 key=lambda w: (w.created_at, w.step_key),
             )
-            repeated = [w for w in matching if key is not None and w.idempotency_key == key]
-            if repeated:
-                first = repeated[0]
-                return DeliveryResult(DeliveryStatus.DELIVERED, first.step_key, first.delivered_at)
+            if key is not None:
+                repeated = sorted(
+                    (
+                        w
+                        for w in self._waiters.values()
+                        if w.run_id == run
+                        and w.idempotency_key == key
+                        and self._delivered_for.get((run, w.step_key)) == signal
+                    ),
+                    key=lambda w: (w.created_at, w.step_key),
+                )
+                if repeated:
+                    first = repeated[0]
+                    return DeliveryResult(
+                        DeliveryStatus.DELIVERED, first.step_key, first.delivered_at
+                    )
             for waiter in matching:
                 if waiter.state_at(now) is WaiterState.PENDING:
                     self._waiters[run, waiter.step_key] = replace(
                         waiter, delivered_at=now, payload_json=payload, idempotency_key=key
                     )
+                    self._delivered_for[run, waiter.step_key] = signal
                     self._changed.notify_all()
                     return DeliveryResult(DeliveryStatus.DELIVERED, waiter.step_key, now)
             delivered = [w for w in matching if w.delivered_at is not None]
@@ -191,6 +207,7 @@ class InMemorySignalStore:
         self._ready(conn)
         with self._lock:
             self._changed.notify_all()
+            self._delivered_for.pop(key, None)
             return self._waiters.pop(key, None) is not None
 
     def wait_for_signal(
@@ -270,6 +287,7 @@ class InMemorySignalStore:
             ][:most]
             for key in doomed:
                 del self._waiters[key]
+                self._delivered_for.pop(key, None)
             if doomed:
                 self._changed.notify_all()
             return len(doomed)

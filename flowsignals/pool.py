@@ -89,15 +89,17 @@ class ConnectionPool:
         """Connections open (idle or in use)."""
         return self._size
 
-    def checkout(self) -> psycopg.Cursor[Any]:
+    def checkout(self, timeout: float | None = None) -> psycopg.Cursor[Any]:
         """Check out a live connection's cursor; hand it back with :meth:`checkin`.
 
         The hot path's form of :meth:`cursor`: a generator-based context manager costs more
-        than the rest of a checkout.
+        than the rest of a checkout. ``timeout`` (seconds) shortens the pool's own wait for a
+        free connection, for a caller with less time left than that.
         """
+        limit = self._timeout if timeout is None else min(timeout, self._timeout)
         while True:
             with self._returned:
-                cursor = self._take_or_reserve()
+                cursor = self._take_or_reserve(limit)
             if cursor is None:
                 return self._open()
             # From here the slot is ours: whatever interrupts (even KeyboardInterrupt), give it
@@ -111,16 +113,16 @@ class ConnectionPool:
                 return cursor
             self._discard(cursor.connection)
 
-    def _take_or_reserve(self) -> psycopg.Cursor[Any] | None:
+    def _take_or_reserve(self, timeout: float) -> psycopg.Cursor[Any] | None:
         """Pop an idle connection, or reserve a slot for a new one (None); waits when full."""
         if self._idle and not self._closed:
             return self._idle.pop()  # the usual case, without building wait_for's predicate
         if not self._returned.wait_for(
             lambda: self._closed or self._idle or self._size < self._max_size,
-            timeout=self._timeout,
+            timeout=timeout,
         ):
             raise PoolTimeoutError(
-                f"no connection free within {self._timeout} s "
+                f"no connection free within {timeout:g} s "
                 f"({self._max_size} in use; raise max_connections or shorten transactions)"
             )
         if self._closed:

@@ -427,18 +427,28 @@ def _deliver(table: Table) -> ClauseElement:
     3. The outer query reports, in priority order: what was delivered; else the latest earlier
        delivery; else the oldest expired waiter. No row at all means NOT_FOUND.
 
-    With an idempotency key that one of the locked waiters already holds, nothing is updated
-    and that delivery is reported as DELIVERED again: a retry of a delivery whose outcome was
-    lost. A NULL key equals nothing, so without one this never applies.
+    With an idempotency key that a delivery of this (run, signal) already holds, nothing is
+    updated and that delivery is reported as DELIVERED again: a retry of a delivery whose
+    outcome was lost. The key is looked for among the locked waiters (their newest versions,
+    so a racing copy that committed first is seen) and, for a delivered waiter re-registered
+    to another signal since, in this statement's snapshot of the run; both by the signal it
+    was delivered with. A NULL key equals nothing, so without one this never applies.
     """
     c = table.c
     run = bindparam("run", type_=c.run_id.type)
+    signal = bindparam("signal", type_=c.signal_name.type)
     key = bindparam("key", type_=c.idempotency_key.type)
     matching = (
         select(
-            c.step_key, c.created_at, c.expires_at, c.delivered_at, c.claimed_at, c.idempotency_key
+            c.step_key,
+            c.created_at,
+            c.expires_at,
+            c.delivered_at,
+            c.claimed_at,
+            c.idempotency_key,
+            c.delivered_signal_name,
         )
-        .where(c.run_id == run, c.signal_name == bindparam("signal", type_=c.signal_name.type))
+        .where(c.run_id == run, c.signal_name == signal)
         .order_by(c.created_at, c.step_key)
         .with_for_update(key_share=True)
         .cte("matching")
@@ -449,10 +459,20 @@ def _deliver(table: Table) -> ClauseElement:
         m.claimed_at.is_(None),
         or_(m.expires_at.is_(None), m.expires_at > func.clock_timestamp()),
     )
+    keyed = union_all(
+        select(m.step_key, m.delivered_at, m.created_at).where(
+            m.idempotency_key == key, m.delivered_signal_name == signal
+        ),
+        select(c.step_key, c.delivered_at, c.created_at).where(
+            key.is_not(None),
+            c.run_id == run,
+            c.idempotency_key == key,
+            c.delivered_signal_name == signal,
+        ),
+    ).subquery("keyed")
     repeated = (
-        select(m.step_key, m.delivered_at)
-        .where(m.idempotency_key == key)
-        .order_by(m.created_at, m.step_key)
+        select(keyed.c.step_key, keyed.c.delivered_at)
+        .order_by(keyed.c.created_at, keyed.c.step_key)
         .limit(_ONE)
     )
     target = (
@@ -468,6 +488,7 @@ def _deliver(table: Table) -> ClauseElement:
             delivered_at=func.statement_timestamp(),
             payload_json=bindparam("payload", type_=c.payload_json.type),
             idempotency_key=key,
+            delivered_signal_name=signal,
         )
         .returning(c.step_key, c.delivered_at, _notify(table))
         .cte("delivered")

@@ -267,8 +267,9 @@ class PostgresSignalStore:
         is safe to retry with the same ``idempotency_key``: when a waiter of (run_id,
         signal_name) already holds a delivery made with that key, nothing is written and that
         delivery is reported as DELIVERED again, its step and time unchanged (the retry's
-        payload is not stored). The key is kept on the delivered waiter, so it is remembered
-        for as long as that waiter is (until it is removed or purged).
+        payload is not stored). The key is kept on the delivered waiter with the signal it was
+        delivered for, so it is remembered for as long as that waiter is (until it is removed
+        or purged), even if the waiter is registered again under another signal name.
 
         Args:
             run_id: The workflow run (a UUID, or a str holding one).

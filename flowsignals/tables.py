@@ -65,6 +65,9 @@ def build_metadata(schema: str | None = None) -> MetaData:
         # The caller's key for the delivery that filled this waiter: a retry with the same key
         # finds it here and delivers nothing more.
         Column("idempotency_key", String(NAME_MAX_LENGTH, collation="C"), nullable=True),
+        # The signal that delivery was for. Re-registering may change signal_name afterwards;
+        # a key belongs to the (run, signal) it was delivered with.
+        Column("delivered_signal_name", String(NAME_MAX_LENGTH, collation="C"), nullable=True),
         PrimaryKeyConstraint("run_id", "step_key"),
         # Serves deliver_signal: all waiters of one (run, signal), read in creation order.
         Index(None, "run_id", "signal_name", "created_at"),

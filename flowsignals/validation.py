@@ -23,6 +23,9 @@ MAX_PAGE = 10_000
 #: Payload size limit when none is given: 1 MiB of UTF-8.
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 
+# PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name.
+_APPLICATION_NAME_BYTES = 63
+
 #: Longest sleep or lock wait Python can take (about 292 years): the bound of every interval.
 MAX_SECONDS = threading.TIMEOUT_MAX
 
@@ -227,7 +230,11 @@ def check_after(value: object) -> WaiterCursor | None:
     except InvalidArgumentError as exc:
         _fail("after", f"its {exc.argument} {exc.rule}")
     created = value.created_at
-    if not isinstance(created, datetime) or created.utcoffset() is None:
+    try:
+        aware = isinstance(created, datetime) and created.utcoffset() is not None
+    except (ValueError, TypeError) as exc:
+        _fail("after", f"its created_at must have a valid UTC offset: {exc}")
+    if not aware:
         _fail("after", "must hold a timezone-aware created_at")
     return WaiterCursor(created, run, step)
 
@@ -238,7 +245,14 @@ def check_application_name(value: object) -> str:
         _fail("application_name", f"must be a str, not {type(value).__name__}")
     if "\x00" in value:
         _fail("application_name", "must not contain NUL characters")
-    _check_encodable("application_name", value)
+    size = len(_check_encodable("application_name", value))
+    if size > _APPLICATION_NAME_BYTES:
+        # The server would cut it short (or, long enough, refuse the connection).
+        _fail(
+            "application_name",
+            f"must be at most {_APPLICATION_NAME_BYTES} bytes of UTF-8 (PostgreSQL keeps no"
+            f" more), not {size}",
+        )
     return value
 
 

@@ -73,7 +73,9 @@ def wait_for_delivery(
             read = statements.watch if watching else statements.poll
         pause = interval
         try:
-            rows, _ = executor.execute(None, read, params)
+            # The pool's wait for a free connection counts against the caller's timeout too.
+            left = max(0.0, deadline - time.monotonic())
+            rows, _ = executor.execute(None, read, params, pool_timeout=left)
         except (OperationalError, PoolTimeoutError) as exc:
             # The server went away (restart, terminated backend): the pool reconnects. Or
             # every connection is busy: a long wait outlasts that too.

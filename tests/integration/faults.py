@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
@@ -19,6 +19,36 @@ from sqlalchemy import make_url
 from flowsignals.urls import to_sqlalchemy_url
 
 _WAIT_SECONDS = 10.0
+
+#: How long :meth:`Call.result` waits for its call before failing the test.
+_CALL_PATIENCE = 30.0
+
+
+class Call:
+    """Runs ``call`` on a thread; :meth:`result` returns its value or raises its error."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._outcome: list[Any] = []
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self._outcome.append(call())
+        except BaseException as exc:
+            self._outcome.append(exc)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def result(self) -> Any:
+        self._thread.join(_CALL_PATIENCE)
+        assert not self._thread.is_alive(), "the call did not return"
+        (outcome,) = self._outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
 
 def libpq_url(url: str) -> str:

@@ -252,6 +252,9 @@ _NOWHERE = "postgresql://nobody@/nowhere"
         ({"engine_options": {"no_such_option": 1}}, "engine_options"),
         ({"engine_options": "pool_size=5"}, "engine_options"),
         ({"engine_options": {"connect_args": "x"}}, "engine_options"),
+        ({"application_name": "x" * 64}, "application_name"),
+        ({"engine_options": {"connect_args": {"no_such_option": "1"}}}, "engine_options"),
+        ({"engine_options": {"isolation_level": "NO SUCH LEVEL"}}, "engine_options"),
         ({"pool_timeout": 1e10}, "pool_timeout"),
         ({"pool_timeout": 10**400}, "pool_timeout"),
         ({"recheck_interval": 1e10}, "recheck_interval"),
@@ -280,6 +283,16 @@ def test_bad_urls_are_refused_naming_the_database(database: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^database: ") as caught:
         PostgresSignalStore(database)
     assert "secret" not in str(caught.value)
+
+
+def test_libpq_connect_args_and_a_full_length_application_name_are_taken(
+    database_url: str,
+) -> None:
+    options = {"connect_args": {"options": "-c statement_timeout=5000", "sslmode": "disable"}}
+    with PostgresSignalStore(
+        database_url, application_name="é" * 31 + "x", engine_options=options
+    ) as store:
+        assert store.count_waiters().total == 0
 
 
 def test_a_url_object_is_taken_as_a_url(database_url: str) -> None:

@@ -27,6 +27,7 @@ def test_name_columns_are_collate_c(engine: Engine) -> None:
             )
         ).all()
     assert [tuple(row) for row in rows] == [
+        ("delivered_signal_name", "C"),
         ("idempotency_key", "C"),
         ("signal_name", "C"),
         ("step_key", "C"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ from flowsignals import (
     WaiterExpiredError,
     WaitTimeoutError,
 )
-from tests.integration.faults import admin_connection, lock_waiters, wait_until
+from tests.integration.faults import Call, admin_connection, lock_waiters, wait_until
 
 PATIENCE = 30.0
 
@@ -45,33 +45,6 @@ def _server_now(engine: Engine) -> datetime:
 
 def _until_past(engine: Engine, deadline: datetime) -> None:
     wait_until(lambda: _server_now(engine) > deadline, "the server's clock to pass the deadline")
-
-
-class Call:
-    """Runs ``call`` on a thread; :meth:`result` returns its value or raises its error."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self._outcome: list[Any] = []
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[], Any]) -> None:
-        try:
-            self._outcome.append(call())
-        except BaseException as exc:
-            self._outcome.append(exc)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def result(self) -> Any:
-        self._thread.join(PATIENCE)
-        assert not self._thread.is_alive(), "the call did not return"
-        (outcome,) = self._outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
 
 def test_a_delivery_committed_after_the_deadline_is_what_the_wait_returns(

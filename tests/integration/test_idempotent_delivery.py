@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from flowsignals import (
@@ -22,7 +23,13 @@ from flowsignals import (
     PostgresSignalStore,
     SignalStore,
 )
-from tests.integration.faults import ReplyDropper
+from tests.integration.faults import (
+    Call,
+    ReplyDropper,
+    admin_connection,
+    lock_waiters,
+    wait_until,
+)
 from tests.integration.test_concurrency import race
 
 
@@ -94,6 +101,46 @@ def test_the_key_survives_reregistration_and_goes_with_removal(
     # Forgotten with its waiter: the same key is now a new delivery.
     again = store.deliver_signal(run, "approved", "1", idempotency_key="k")
     assert (again.status, again.step_key) == (DeliveryStatus.DELIVERED, "second")
+
+
+def test_a_key_stays_with_the_signal_it_was_delivered_for(
+    store: SignalStore, run: uuid.UUID
+) -> None:
+    # A delivered waiter re-registered to another signal (found by a breaker session): a retry
+    # of its delivery is still that delivery, and the key on the new signal is a new delivery.
+    _two_pending(store, run)
+    store.register_waiter(run, "pay", "paid")
+    first = store.deliver_signal(run, "approved", '"ok"', idempotency_key="k")
+    store.register_waiter(run, "first", "paid")  # a re-run step, renamed signal: a tombstone
+
+    assert store.deliver_signal(run, "approved", '"ok"', idempotency_key="k") == first
+    second = store.get_waiter(run, "second")
+    assert second is not None and second.delivered_at is None
+    paid = store.deliver_signal(run, "paid", '"money"', idempotency_key="k")
+    assert (paid.status, paid.step_key) == (DeliveryStatus.DELIVERED, "pay")
+    pay = store.get_waiter(run, "pay")
+    assert pay is not None and (pay.payload_json, pay.idempotency_key) == ('"money"', "k")
+    # Delivered for "paid" now as well: each signal's delivery answers for itself.
+    assert store.deliver_signal(run, "paid", "0", idempotency_key="k") == paid
+    assert store.deliver_signal(run, "approved", "0", idempotency_key="k") == first
+
+
+def test_a_retry_queued_behind_a_reregistration_still_finds_its_delivery(
+    pg_store: PostgresSignalStore, engine: Engine, database_url: str, run: uuid.UUID
+) -> None:
+    # The retry waits on the row lock of a re-registration that moves the delivered waiter to
+    # another signal; after the move commits, the waiter is no longer among the signal's
+    # locked waiters, but the retry must still find the delivery its key made.
+    _two_pending(pg_store, run)
+    first = pg_store.deliver_signal(run, "approved", '"ok"', idempotency_key="k")
+    with admin_connection(database_url) as admin, engine.connect() as conn:
+        pg_store.register_waiter(run, "first", "approved-v2", conn=conn)
+        retry = Call(lambda: pg_store.deliver_signal(run, "approved", '"ok"', idempotency_key="k"))
+        wait_until(lambda: lock_waiters(admin, "flowsignals"), "the retry to queue")
+        conn.commit()
+    assert retry.result() == first
+    second = pg_store.get_waiter(run, "second")
+    assert second is not None and second.delivered_at is None
 
 
 def test_a_key_that_delivered_nothing_is_not_remembered(store: SignalStore, run: uuid.UUID) -> None:

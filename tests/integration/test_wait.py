@@ -33,6 +33,7 @@ from flowsignals import (
 )
 from flowsignals.embedded import EmbeddedPostgres
 from flowsignals.urls import to_sqlalchemy_url
+from tests.integration.faults import Call, admin_connection, lock_waiters, wait_until
 
 #: Generous: a wait that should end "at once" must end well within this.
 PATIENCE = 30.0
@@ -487,3 +488,23 @@ def test_the_longest_intervals_and_timeouts_still_wake(
             assert store.deliver_signal(run, "sig", '"late"').delivered
             waiting = Background(lambda: store.wait_for_signal(run, "a", timeout=timedelta.max))
         assert waiting.result().payload_json == '"late"'
+
+
+def test_a_busy_pool_never_stretches_a_waits_timeout(
+    database_url: str, engine: Engine, run: uuid.UUID
+) -> None:
+    # Found by a breaker session: the store's only connection is held by a delivery queued
+    # behind a caller's lock, and a wait with a 0.3 s timeout sat out the pool's whole
+    # pool_timeout instead. Here that would be two minutes: far past the patience of Call.
+    with PostgresSignalStore(database_url, max_connections=1, pool_timeout=120) as store:
+        store.register_waiter(run, "held", "h")
+        store.register_waiter(run, "w", "s")
+        with admin_connection(database_url) as admin, engine.connect() as conn:
+            store.deliver_signal(run, "h", "1", conn=conn)
+            queued = Call(lambda: store.deliver_signal(run, "h", "2"))
+            wait_until(lambda: lock_waiters(admin, "flowsignals"), "the delivery to queue")
+            waiting = Call(lambda: store.wait_for_signal(run, "w", timeout=0.3))
+            with pytest.raises(WaitTimeoutError):
+                waiting.result()
+            conn.commit()
+        assert queued.result().status is DeliveryStatus.ALREADY_DELIVERED

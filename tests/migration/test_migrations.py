@@ -337,6 +337,8 @@ WHERE tenant_b.flowsignals_alembic_version.version_num = 'fs_0003';
 
 ALTER TABLE tenant_b.flow_signal_waiters ADD COLUMN idempotency_key VARCHAR(256) COLLATE "C";
 
+ALTER TABLE tenant_b.flow_signal_waiters ADD COLUMN delivered_signal_name VARCHAR(256) COLLATE "C";
+
 UPDATE tenant_b.flowsignals_alembic_version SET version_num='fs_0005' \
 WHERE tenant_b.flowsignals_alembic_version.version_num = 'fs_0004';
 

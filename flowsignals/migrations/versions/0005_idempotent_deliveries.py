@@ -7,8 +7,9 @@ Create Date: 2026-12-04
 A delivery whose connection is lost after the server committed cannot know what happened; with
 several pending waiters of one signal, retrying it blindly would fill the next waiter too. The
 delivered waiter now keeps the caller's key, and a delivery that finds its key among the
-signal's waiters reports that delivery instead of making another. A nullable column without a
-default changes only the catalog.
+signal's waiters reports that delivery instead of making another. The signal a delivery was
+for is kept beside the key, since re-registering may rename the waiter's signal afterwards.
+Nullable columns without a default change only the catalog.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ def _schema() -> str | None:
 
 
 def upgrade() -> None:
-    op.add_column(
-        TABLE,
-        sa.Column("idempotency_key", sa.String(256, collation="C"), nullable=True),
-        schema=_schema(),
-    )
+    for column in ("idempotency_key", "delivered_signal_name"):
+        op.add_column(
+            TABLE, sa.Column(column, sa.String(256, collation="C"), nullable=True), schema=_schema()
+        )
 
 
 def downgrade() -> None:
-    op.drop_column(TABLE, "idempotency_key", schema=_schema())
+    for column in ("delivered_signal_name", "idempotency_key"):
+        op.drop_column(TABLE, column, schema=_schema())
