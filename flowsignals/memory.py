@@ -46,6 +46,7 @@ from flowsignals.validation import (
     check_state,
     check_timeout,
     check_wait_conn,
+    is_aware,
 )
 
 _TICK = timedelta(microseconds=1)
@@ -369,7 +370,7 @@ class InMemorySignalStore:
 
     def _now(self) -> datetime:
         now: object = self._clock()
-        if not isinstance(now, datetime) or now.utcoffset() is None:
+        if not isinstance(now, datetime) or not is_aware("clock", now):
             raise InvalidArgumentError("clock", "must return timezone-aware datetimes")
         return now.astimezone(timezone.utc)
 

@@ -76,12 +76,7 @@ def check_expires_at(expires_at: object) -> datetime | None:
             "expires_at",
             f"must be a timezone-aware datetime or None, not {type(expires_at).__name__}",
         )
-    try:
-        offset = expires_at.utcoffset()
-    except (ValueError, TypeError) as exc:
-        # A tzinfo whose offset is not a timedelta within a day either way.
-        _fail("expires_at", f"must have a valid UTC offset: {exc}")
-    if offset is None:
+    if not is_aware("expires_at", expires_at):
         _fail("expires_at", "must be timezone-aware (a naive datetime is ambiguous)")
     try:
         utc = expires_at.astimezone(timezone.utc)
@@ -123,6 +118,15 @@ def check_payload(payload_json: object, max_bytes: int) -> str:
     except ValueError as exc:
         _fail("payload_json", f"must be valid JSON (RFC 8259): {exc}")
     return payload_json
+
+
+def is_aware(argument: str, value: datetime) -> bool:
+    """Whether ``value`` has a UTC offset; a tzinfo whose offset Python refuses is an error."""
+    try:
+        return value.utcoffset() is not None
+    except (ValueError, TypeError) as exc:
+        # A tzinfo whose offset is not a timedelta within a day either way.
+        _fail(argument, f"must have a valid UTC offset: {exc}")
 
 
 def check_idempotency_key(value: object) -> str | None:
@@ -230,11 +234,7 @@ def check_after(value: object) -> WaiterCursor | None:
     except InvalidArgumentError as exc:
         _fail("after", f"its {exc.argument} {exc.rule}")
     created = value.created_at
-    try:
-        aware = isinstance(created, datetime) and created.utcoffset() is not None
-    except (ValueError, TypeError) as exc:
-        _fail("after", f"its created_at must have a valid UTC offset: {exc}")
-    if not aware:
+    if not isinstance(created, datetime) or not is_aware("after", created):
         _fail("after", "must hold a timezone-aware created_at")
     return WaiterCursor(created, run, step)
 

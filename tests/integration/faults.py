@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +50,19 @@ class Call:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+class OffsetOutOfRange(tzinfo):
+    """A tzinfo whose offset (25 hours) Python refuses to apply: datetime raises ValueError."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=25)
+
+    def dst(self, dt: datetime | None) -> None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "+25"
 
 
 def libpq_url(url: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from flowsignals import (
     SignalStore,
     WaiterCursor,
 )
+from tests.integration.faults import OffsetOutOfRange
 
 RUN = uuid.UUID("6f1c1a36-0c3e-4d7e-9a55-3f1f4b1e2a10")
 LIMIT = 64  # max_payload_bytes of the stores under test
@@ -64,19 +65,6 @@ def _remove(**overrides: Any) -> Call:
     args: dict[str, Any] = {"run_id": RUN, "step_key": "pending"}
     args.update(overrides)
     return lambda store: store.remove_waiter(**args)
-
-
-class _OffsetOutOfRange(tzinfo):
-    """A tzinfo that Python's datetime refuses to use: its offset is more than a day."""
-
-    def utcoffset(self, dt: datetime | None) -> timedelta:
-        return timedelta(hours=25)
-
-    def dst(self, dt: datetime | None) -> None:
-        return None
-
-    def tzname(self, dt: datetime | None) -> str:
-        return "+25"
 
 
 _naive = datetime(2999, 1, 1)
@@ -128,7 +116,7 @@ CASES: list[Any] = [
         id="expires_at-last-representable-day",
     ),
     pytest.param(
-        _register(expires_at=datetime(2030, 1, 1, tzinfo=_OffsetOutOfRange())),
+        _register(expires_at=datetime(2030, 1, 1, tzinfo=OffsetOutOfRange())),
         "expires_at",
         id="expires_at-offset-over-a-day",
     ),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from flowsignals import (
     WaiterCursor,
     WaiterState,
 )
+from tests.integration.faults import OffsetOutOfRange
 
 HOUR = timedelta(hours=1)
 
@@ -227,19 +228,6 @@ Call = Callable[[SignalStore], object]
 _T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 
-class _ThirtyHours(tzinfo):
-    """A tzinfo whose offset Python refuses to use (more than a day)."""
-
-    def utcoffset(self, dt: datetime | None) -> timedelta:
-        return timedelta(hours=30)
-
-    def dst(self, dt: datetime | None) -> None:
-        return None
-
-    def tzname(self, dt: datetime | None) -> str:
-        return "+30"
-
-
 BAD: list[Any] = [
     pytest.param(lambda s: s.claim_expired(limit=0), "limit", id="claim-limit-zero"),
     pytest.param(lambda s: s.claim_expired(limit=10_001), "limit", id="claim-limit-huge"),
@@ -272,7 +260,7 @@ BAD: list[Any] = [
     ),
     pytest.param(
         lambda s: s.list_waiters(
-            after=WaiterCursor(datetime(2030, 1, 1, tzinfo=_ThirtyHours()), uuid.uuid4(), "a")
+            after=WaiterCursor(datetime(2030, 1, 1, tzinfo=OffsetOutOfRange()), uuid.uuid4(), "a")
         ),
         "after",
         id="list-after-broken-tzinfo",
